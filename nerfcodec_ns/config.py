@@ -1,0 +1,62 @@
+"""The ``nerfcodec`` method registered with nerfstudio (entry point ``nerfstudio.method_configs``).
+
+nerfstudio imports this module for every ``ns-*`` command, so it stays light: no compressai here.
+"""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfcodec_ns.compat import default_device_type
+from nerfcodec_ns.model import NerfcodecModelConfig
+
+#: Default number of training steps (also the learning-rate schedules' horizon).
+MAX_STEPS = 10_000
+
+
+def nerfcodec_trainer_config(max_steps: int = MAX_STEPS) -> TrainerConfig:
+    """The default ``ns-train nerfcodec`` configuration."""
+    return TrainerConfig(
+        method_name="nerfcodec",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=1000,
+        steps_per_eval_all_images=1_000_000,  # full evaluation is ns-eval's job (slow on CPU)
+        steps_per_save=2000,
+        max_num_iterations=max_steps,
+        mixed_precision=False,
+        save_only_latest_checkpoint=True,
+        machine=MachineConfig(device_type=default_device_type()),
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=BlenderDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=NerfcodecModelConfig(),
+        ),
+        optimizers={
+            "planes": {
+                "optimizer": AdamOptimizerConfig(lr=2e-2, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=2e-3, max_steps=max_steps),
+            },
+            "fields": {
+                "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, max_steps=max_steps),
+            },
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 14),
+        vis="viewer",
+    )
+
+
+nerfcodec_method = MethodSpecification(
+    config=nerfcodec_trainer_config(),
+    description="NeRFCodec: tri-plane field (fast on CPU) whose planes are compressed by a neural image codec.",
+)

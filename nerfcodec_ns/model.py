@@ -1,0 +1,205 @@
+"""The nerfcodec nerfstudio model: a tri-plane field rendered with occupancy-grid ray marching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+
+from nerfcodec_ns.field import TriplaneField, TriplaneFieldSpec
+from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
+from nerfcodec_ns.rendering import accumulate_along_rays, render_weights
+from nerfcodec_ns.sampler import OccupancySampler, PackedSamples, nerfacc_usable
+
+
+@dataclass
+class NerfcodecModelConfig(ModelConfig):
+    """Tri-plane field + occupancy-grid sampler (the codec is added on top in later stages)."""
+
+    _target: Type = field(default_factory=lambda: NerfcodecModel)
+    enable_collider: bool = False
+    """Rays are clipped to the scene box by the sampler; nerfstudio's near/far collider is not needed."""
+    eval_num_rays_per_chunk: int = 1 << 14
+    """Rays rendered per chunk in evaluation and in the viewer."""
+    plane_resolutions: Tuple[int, ...] = (64, 128, 256)
+    """Side length of the feature planes of each resolution level."""
+    plane_channels: int = 16
+    """Feature channels per plane."""
+    plane_reduce: Literal["product", "sum"] = "product"
+    """How the three planes' features are combined (K-Planes product or EG3D-like sum)."""
+    hidden_dim: int = 64
+    """Width of the density MLP."""
+    geo_feat_dim: int = 15
+    """Geometry features passed from the density MLP to the colour MLP."""
+    hidden_dim_color: int = 64
+    """Width of the colour MLP."""
+    sh_degree: int = 4
+    """Spherical-harmonics levels of the view-direction encoding."""
+    grid_resolution: int = 128
+    """Occupancy grid cells per axis."""
+    render_step_size: Optional[float] = None
+    """Ray-marching step in world units; None: scene-box diagonal / 512."""
+    near_plane: float = 0.0
+    """Rays start no closer than this to the camera (world units)."""
+    alpha_thre: float = 0.01
+    """Samples with opacity below this are skipped (capped by the mean grid occupancy, as nerfacc does)."""
+    early_stop_eps: float = 1e-4
+    """Samples behind a transmittance below this are skipped."""
+    cull_invisible: bool = True
+    """Evaluate density once without gradients to drop invisible samples before the full pass."""
+    occ_update_every: int = 16
+    """Update the occupancy grid every this many steps."""
+    occ_warmup_steps: int = 64
+    """Steps during which every grid cell is re-evaluated at each update."""
+    occ_thre: float = 0.01
+    """Occupancy threshold on density * step size."""
+    occ_sample_fraction: float = 0.125
+    """After warm-up, the fraction of cells re-evaluated at each grid update (plus as many occupied ones)."""
+    background_color: Literal["white", "black"] = "white"
+    """Colour composited behind the field (must match the data set's alpha blending)."""
+    plane_tv_mult: float = 0.0
+    """Weight of a total-variation penalty on the feature planes (0 disables it)."""
+    lpips: Literal["auto", "off"] = "auto"
+    """LPIPS in evaluation: "auto" computes it when its AlexNet weights can be loaded, else reports it unavailable."""
+
+    def field_spec(self) -> TriplaneFieldSpec:
+        """The field architecture this config describes."""
+        return TriplaneFieldSpec(
+            resolutions=tuple(int(r) for r in self.plane_resolutions),
+            num_channels=self.plane_channels,
+            reduce=self.plane_reduce,
+            hidden_dim=self.hidden_dim,
+            geo_feat_dim=self.geo_feat_dim,
+            hidden_dim_color=self.hidden_dim_color,
+            sh_degree=self.sh_degree,
+        )
+
+
+class NerfcodecModel(Model):
+    """Tri-plane radiance field with empty-space skipping (nerfacc on CUDA, pure torch on CPU)."""
+
+    config: NerfcodecModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        aabb = self.scene_box.aabb.float()  # [2, 3]
+        self.field = TriplaneField(aabb, self.config.field_spec())
+        step = self.config.render_step_size
+        if step is None:
+            step = float((aabb[1] - aabb[0]).norm()) / 512.0
+        self.sampler = OccupancySampler(aabb.reshape(-1), self.config.grid_resolution, step)
+        bg = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}[self.config.background_color]
+        self.register_buffer("background", torch.tensor(bg), persistent=False)
+        # Not an nn.Module attribute: kept out of state_dict and checkpoints.
+        self._lpips = LazyLPIPS(enabled=self.config.lpips == "auto")
+
+    # ------------------------------------------------------------------ training plumbing
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"fields": self.field.mlp_parameters(), "planes": list(self.field.planes)}
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        def update_grid(step: int) -> None:
+            self.sampler.update(
+                step,
+                lambda x: self.field.density(x, self.render_planes())[0],
+                occ_thre=self.config.occ_thre,
+                warmup_steps=self.config.occ_warmup_steps,
+                every=self.config.occ_update_every,
+                sample_fraction=self.config.occ_sample_fraction,
+            )
+
+        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid)]
+
+    def render_planes(self) -> Optional[Sequence[Tensor]]:
+        """Planes to render from; None means the field's own (the codec stage overrides this)."""
+        return None
+
+    # ------------------------------------------------------------------ rendering
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        origins = ray_bundle.origins.reshape(-1, 3)
+        directions = ray_bundle.directions.reshape(-1, 3)
+        n_rays = origins.shape[0]
+        planes = self.render_planes()
+
+        def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
+            t = 0.5 * (t_starts + t_ends)
+            return self.field.density(origins[ray_indices] + t[:, None] * directions[ray_indices], planes)[0]
+
+        with torch.no_grad():
+            samples: PackedSamples = self.sampler.sample(
+                origins,
+                directions,
+                sigma_fn=sigma_fn if self.config.cull_invisible else None,
+                near_plane=self.config.near_plane,
+                stratified=self.training,
+                alpha_thre=self.config.alpha_thre,
+                early_stop_eps=self.config.early_stop_eps,
+            )
+        ri = samples.ray_indices
+        t_mids = samples.t_mids
+        positions = origins[ri] + t_mids[:, None] * directions[ri]
+        sigmas, rgbs = self.field(positions, directions[ri], planes)
+        if nerfacc_usable(origins.device):
+            import nerfacc
+
+            weights, _, _ = nerfacc.render_weight_from_density(
+                samples.t_starts, samples.t_ends, sigmas, ray_indices=ri, n_rays=n_rays
+            )
+        else:
+            weights, _, _ = render_weights(sigmas, samples.t_starts, samples.t_ends, ri, n_rays)
+        rgb = accumulate_along_rays(weights, rgbs, ri, n_rays)
+        acc = accumulate_along_rays(weights, torch.ones_like(t_mids)[:, None], ri, n_rays)
+        depth = accumulate_along_rays(weights, t_mids[:, None], ri, n_rays) / acc.clamp(min=1e-10)
+        rgb = rgb + (1.0 - acc) * self.background
+        counts = torch.bincount(ri, minlength=n_rays).to(rgb.dtype)
+        return {"rgb": rgb, "accumulation": acc, "depth": depth, "num_samples_per_ray": counts[:, None]}
+
+    def get_rgba_image(self, outputs: Dict[str, Tensor], output_name: str = "rgb") -> Tensor:
+        rgb = outputs[output_name]
+        return torch.cat((rgb, torch.ones_like(rgb[..., :1])), dim=-1)
+
+    # ------------------------------------------------------------------ losses and metrics
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        gt = batch["image"].to(self.device)[..., :3]
+        return {
+            "psnr": psnr(outputs["rgb"].detach(), gt),
+            "samples_per_ray": outputs["num_samples_per_ray"].mean(),
+            "occupied_fraction": self.sampler.binaries.float().mean(),
+        }
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        gt = batch["image"].to(self.device)[..., :3]
+        loss = {"rgb_loss": F.mse_loss(outputs["rgb"], gt)}
+        if self.training and self.config.plane_tv_mult > 0:
+            loss["plane_tv"] = self.config.plane_tv_mult * sum(plane_tv(p) for p in self.field.plane_list())
+        return loss
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt = batch["image"].to(self.device)[..., :3]
+        pred = outputs["rgb"].clamp(0.0, 1.0)
+        metrics: Dict[str, float] = {"psnr": float(psnr(pred, gt)), "ssim": float(ssim(pred, gt))}
+        lp = self._lpips(pred, gt)
+        if lp is not None:
+            metrics["lpips"] = lp
+        acc = colormaps.apply_colormap(outputs["accumulation"])
+        depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
+        images = {"img": torch.cat([gt, pred], dim=1), "accumulation": acc, "depth": depth}
+        return metrics, images
+
+
+def plane_tv(plane: Tensor) -> Tensor:
+    """Mean squared difference between neighbouring texels of ``[3, C, R, R]`` planes."""
+    dh = (plane[..., 1:, :] - plane[..., :-1, :]).pow(2).mean()
+    dw = (plane[..., :, 1:] - plane[..., :, :-1]).pow(2).mean()
+    return dh + dw
