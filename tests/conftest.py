@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny procedural scene and one short `ns-train nerfcodec` run on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+# Small model settings so that a training run takes seconds on a 2-core CPU.
+TINY_MODEL_ARGS = [
+    "--pipeline.model.plane-resolutions", "16", "32",
+    "--pipeline.model.plane-channels", "8",
+    "--pipeline.model.grid-resolution", "32",
+    "--pipeline.datamanager.train-num-rays-per-batch", "512",
+    "--pipeline.model.eval-num-rays-per-chunk", "1024",
+]
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when that folder is absent (users do not have it)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: development data (../shared/data) is not available on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    from nerfcodec_ns.scene import SceneSpec, write_blender_scene
+
+    out = tmp_path_factory.mktemp("scene") / "tiny"
+    return write_blender_scene(out, SceneSpec(seed=3, resolution=32, num_train=8, num_val=2, num_test=2))
+
+
+def run_cli(args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """Run a console script of the venv, capturing output."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scene, tmp_path_factory) -> Path:
+    """Train `ns-train nerfcodec` for a few steps on the tiny scene; returns its config.yml."""
+    out = tmp_path_factory.mktemp("runs")
+    res = run_cli([
+        str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
+        "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
+        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS, "blender-data",
+    ])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    config = out / "tiny" / "nerfcodec" / "t0" / "config.yml"
+    assert config.exists(), res.stdout[-2000:]
+    return config
