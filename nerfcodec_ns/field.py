@@ -21,6 +21,8 @@ from nerfstudio.utils.math import components_from_spherical_harmonics
 
 #: Coordinate pairs of the three planes, in plane order (xy, xz, yz).
 PLANE_AXES: Tuple[Tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
+_PLANE_U = [a for a, _ in PLANE_AXES]
+_PLANE_V = [b for _, b in PLANE_AXES]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def sample_planes(
     Plane p holds axes ``PLANE_AXES[p] = (a, b)``: its width (grid x) indexes axis a and its
     height (grid y) axis b, with ``align_corners=True`` (corner texels sit at -1 and +1).
     """
-    grid = torch.stack([coords[:, list(ab)] for ab in PLANE_AXES], dim=0)  # [3, N, 2]
+    grid = torch.stack((coords[:, _PLANE_U], coords[:, _PLANE_V]), dim=-1).transpose(0, 1)  # [3, N, 2]
     feats = F.grid_sample(planes, grid[:, :, None, :], mode="bilinear", align_corners=True)  # [3, C, N, 1]
     feats = feats[..., 0]
     out = feats[0] * feats[1] * feats[2] if reduce == "product" else feats.sum(0)

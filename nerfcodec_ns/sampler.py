@@ -246,8 +246,9 @@ class OccupancySampler(torch.nn.Module):
     def coarse_grid(self) -> CoarseGrid:
         """The pooled pre-filter grid for the current occupancy (rebuilt when the grid changes)."""
         b = self.estimator.binaries
-        key = (id(b), b._version, self.step_size)
-        if self._coarse is None or key != self._coarse_key:
+        # Keyed on the tensor object itself (held, so its id cannot be reused) and its in-place version.
+        key = (b, b._version, self.step_size)
+        if self._coarse is None or not (key[0] is self._coarse_key[0] and key[1:] == self._coarse_key[1:]):
             self._coarse = CoarseGrid.build(self.binaries, self.aabb, self.step_size)
             self._coarse_key = key
         return self._coarse

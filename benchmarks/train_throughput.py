@@ -1,0 +1,138 @@
+"""Training throughput on CPU: `nerfcodec` (base field, codec off) vs stock `tensorf`, in one run.
+
+Both methods are set up exactly as `ns-train <method> --data <scene> blender-data` would, with the
+same rays per batch, and timed with the same loop as nerfstudio's Trainer (before-iteration
+callbacks + `train_iteration` + after-iteration callbacks; evaluation and logging excluded).
+
+Stock tensorf builds LPIPS (AlexNet weights from the internet) while constructing the model; this
+machine is offline, so for tensorf only, a randomly initialised AlexNet file is put in a temporary
+TORCH_HOME. It only lets the model be built; LPIPS is not computed during training.
+
+    python benchmarks/train_throughput.py --data ../shared/data/nerf_synthetic/lego_100 \
+        --out docs/bench/train_throughput.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import tyro
+
+
+@dataclass
+class Args:
+    data: Path = Path("../shared/data/nerf_synthetic/lego_100")
+    """Blender-format scene."""
+    rays: int = 4096
+    """Rays per batch for both methods."""
+    tensorf_warmup: int = 2
+    """Untimed tensorf steps."""
+    tensorf_steps: int = 20
+    """Timed tensorf steps."""
+    nerfcodec_steps: int = 1000
+    """nerfcodec steps, all timed (reported as windows, so warm-up of the occupancy grid shows)."""
+    window: int = 100
+    """nerfcodec steps per reported window."""
+    out: Path = Path("docs/bench/train_throughput.json")
+    """Where to write the results."""
+
+
+def _fake_alexnet_home() -> str:
+    """A TORCH_HOME holding a random-weight AlexNet so that stock tensorf can be built offline."""
+    import torch
+    import torchvision
+
+    home = tempfile.mkdtemp(prefix="torch_home_")
+    ckpt_dir = Path(home) / "hub" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), ckpt_dir / "alexnet-owt-7be5be79.pth")
+    return home
+
+
+def _setup_trainer(method: str, data: Path, rays: int, out_dir: Path):
+    from nerfstudio.configs.method_configs import all_methods
+
+    cfg = all_methods[method]
+    cfg.pipeline.datamanager.data = data
+    cfg.pipeline.datamanager.train_num_rays_per_batch = rays
+    cfg.machine.device_type = "cpu"
+    cfg.output_dir = out_dir
+    cfg.vis = "tensorboard"
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def _time_steps(trainer, start: int, n: int) -> float:
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+
+    t0 = time.perf_counter()
+    for step in range(start, start + n):
+        trainer.pipeline.train()
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
+        trainer.train_iteration(step)
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+    return time.perf_counter() - t0
+
+
+def main(args: Args) -> Dict:
+    import torch
+
+    torch.manual_seed(0)
+    out_dir = Path(tempfile.mkdtemp(prefix="bench_runs_"))
+    result: Dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}",
+        "data": str(args.data),
+        "rays_per_batch": args.rays,
+    }
+
+    # --- stock tensorf
+    os.environ["TORCH_HOME"] = _fake_alexnet_home()
+    trainer = _setup_trainer("tensorf", args.data, args.rays, out_dir)
+    _time_steps(trainer, 0, args.tensorf_warmup)
+    dt = _time_steps(trainer, args.tensorf_warmup, args.tensorf_steps)
+    tensorf = {"steps_timed": args.tensorf_steps, "s_per_step": dt / args.tensorf_steps,
+               "rays_per_s": args.rays * args.tensorf_steps / dt}
+    result["tensorf"] = tensorf
+    print(f"tensorf: {tensorf['s_per_step']:.3f} s/step, {tensorf['rays_per_s']:.0f} rays/s", flush=True)
+    del trainer
+
+    # --- nerfcodec (base field)
+    trainer = _setup_trainer("nerfcodec", args.data, args.rays, out_dir)
+    windows: List[Dict] = []
+    total = 0.0
+    for start in range(0, args.nerfcodec_steps, args.window):
+        dt = _time_steps(trainer, start, args.window)
+        total += dt
+        windows.append({"steps": f"{start}-{start + args.window - 1}", "s_per_step": dt / args.window,
+                        "rays_per_s": args.rays * args.window / dt})
+        print(f"nerfcodec steps {windows[-1]['steps']}: {windows[-1]['s_per_step']:.3f} s/step, "
+              f"{windows[-1]['rays_per_s']:.0f} rays/s", flush=True)
+    steady = windows[-1]
+    result["nerfcodec"] = {
+        "windows": windows,
+        "all_steps_rays_per_s": args.rays * args.nerfcodec_steps / total,
+        "steady_rays_per_s": steady["rays_per_s"],
+    }
+    result["ratio_all_steps"] = result["nerfcodec"]["all_steps_rays_per_s"] / tensorf["rays_per_s"]
+    result["ratio_steady"] = steady["rays_per_s"] / tensorf["rays_per_s"]
+    print(f"ratio nerfcodec/tensorf: {result['ratio_all_steps']:.1f}x over all {args.nerfcodec_steps} steps, "
+          f"{result['ratio_steady']:.1f}x in the last window", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
