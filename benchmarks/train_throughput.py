@@ -42,6 +42,8 @@ class Args:
     """nerfcodec steps per reported window."""
     out: Path = Path("docs/bench/train_throughput.json")
     """Where to write the results."""
+    only: str = ""
+    """Internal: time only this method in this process ("tensorf" or "nerfcodec")."""
 
 
 def _fake_alexnet_home() -> str:
@@ -85,30 +87,18 @@ def _time_steps(trainer, start: int, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def main(args: Args) -> Dict:
-    import torch
-
-    torch.manual_seed(0)
-    out_dir = Path(tempfile.mkdtemp(prefix="bench_runs_"))
-    result: Dict = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}",
-        "data": str(args.data),
-        "rays_per_batch": args.rays,
-    }
-
-    # --- stock tensorf
+def bench_tensorf(args: Args, out_dir: Path) -> Dict:
     os.environ["TORCH_HOME"] = _fake_alexnet_home()
     trainer = _setup_trainer("tensorf", args.data, args.rays, out_dir)
     _time_steps(trainer, 0, args.tensorf_warmup)
     dt = _time_steps(trainer, args.tensorf_warmup, args.tensorf_steps)
-    tensorf = {"steps_timed": args.tensorf_steps, "s_per_step": dt / args.tensorf_steps,
-               "rays_per_s": args.rays * args.tensorf_steps / dt}
-    result["tensorf"] = tensorf
-    print(f"tensorf: {tensorf['s_per_step']:.3f} s/step, {tensorf['rays_per_s']:.0f} rays/s", flush=True)
-    del trainer
+    res = {"steps_timed": args.tensorf_steps, "s_per_step": dt / args.tensorf_steps,
+           "rays_per_s": args.rays * args.tensorf_steps / dt}
+    print(f"tensorf: {res['s_per_step']:.3f} s/step, {res['rays_per_s']:.0f} rays/s", flush=True)
+    return res
 
-    # --- nerfcodec (base field)
+
+def bench_nerfcodec(args: Args, out_dir: Path) -> Dict:
     trainer = _setup_trainer("nerfcodec", args.data, args.rays, out_dir)
     windows: List[Dict] = []
     total = 0.0
@@ -119,14 +109,41 @@ def main(args: Args) -> Dict:
                         "rays_per_s": args.rays * args.window / dt})
         print(f"nerfcodec steps {windows[-1]['steps']}: {windows[-1]['s_per_step']:.3f} s/step, "
               f"{windows[-1]['rays_per_s']:.0f} rays/s", flush=True)
-    steady = windows[-1]
-    result["nerfcodec"] = {
-        "windows": windows,
-        "all_steps_rays_per_s": args.rays * args.nerfcodec_steps / total,
-        "steady_rays_per_s": steady["rays_per_s"],
+    return {"windows": windows, "all_steps_rays_per_s": args.rays * args.nerfcodec_steps / total,
+            "steady_rays_per_s": windows[-1]["rays_per_s"]}
+
+
+def main(args: Args) -> Dict:
+    """Each method is timed in its own fresh process (no leftover workers or memory from the other)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if args.only:
+        torch.manual_seed(0)
+        out_dir = Path(tempfile.mkdtemp(prefix="bench_runs_"))
+        fn = {"tensorf": bench_tensorf, "nerfcodec": bench_nerfcodec}[args.only]
+        args.out.write_text(json.dumps(fn(args, out_dir)) + "\n")
+        os._exit(0)  # skip nerfstudio's noisy worker shutdown
+
+    result: Dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device cpu",
+        "data": str(args.data),
+        "rays_per_batch": args.rays,
     }
+    for method in ("tensorf", "nerfcodec"):
+        part = Path(tempfile.mkdtemp()) / f"{method}.json"
+        cmd = [sys.executable, __file__, "--only", method, "--out", str(part), "--data", str(args.data),
+               "--rays", str(args.rays), "--tensorf-warmup", str(args.tensorf_warmup),
+               "--tensorf-steps", str(args.tensorf_steps), "--nerfcodec-steps", str(args.nerfcodec_steps),
+               "--window", str(args.window)]
+        subprocess.run(cmd, check=True)
+        result[method] = json.loads(part.read_text())
+    tensorf = result["tensorf"]
     result["ratio_all_steps"] = result["nerfcodec"]["all_steps_rays_per_s"] / tensorf["rays_per_s"]
-    result["ratio_steady"] = steady["rays_per_s"] / tensorf["rays_per_s"]
+    result["ratio_steady"] = result["nerfcodec"]["steady_rays_per_s"] / tensorf["rays_per_s"]
     print(f"ratio nerfcodec/tensorf: {result['ratio_all_steps']:.1f}x over all {args.nerfcodec_steps} steps, "
           f"{result['ratio_steady']:.1f}x in the last window", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class Demo:
 
     output_dir: Path = Path("demo-output")
     """Everything the demo makes goes here (scene/, runs/, summary.json)."""
-    steps: int = 1500
+    steps: int = 1000
     """Training steps."""
     resolution: int = 100
     """Image size of the procedural scene."""

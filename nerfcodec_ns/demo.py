@@ -71,7 +71,7 @@ def save_comparison(config_path: Path, out_png: Path) -> None:
     Image.fromarray(img).save(out_png)
 
 
-def run_demo(output_dir: Path, steps: int = 1500, resolution: int = 100, seed: int = 0, overwrite: bool = False) -> Dict:
+def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: int = 0, overwrite: bool = False) -> Dict:
     """Run the whole demo; returns the summary that is also written to ``summary.json``."""
     from nerfcodec_ns.cli import UserError
     from nerfcodec_ns.scene import SceneSpec, write_blender_scene
