@@ -44,24 +44,18 @@ def ns_train_command(data: Path, runs: Path, steps: int, extra: List[str] = ()) 
     ]
 
 
-def evaluate_run(config_path: Path) -> Dict[str, float]:
-    """Average PSNR/SSIM(/LPIPS) over the run's test split, with nerfstudio's ``eval_setup``."""
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, _, step = eval_setup(config_path, test_mode="test")
+def evaluate_run(pipeline, step: int) -> Dict[str, float]:
+    """Average PSNR/SSIM(/LPIPS) over the loaded pipeline's test split."""
     metrics = pipeline.get_average_eval_image_metrics(step=step, get_std=False)
     return {k: float(v) for k, v in metrics.items()}
 
 
-def save_comparison(config_path: Path, out_png: Path) -> None:
+def save_comparison(pipeline, out_png: Path) -> None:
     """Render the first test view and save ground truth | rendering side by side."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from nerfstudio.utils.eval_utils import eval_setup
-
-    _, pipeline, _, _ = eval_setup(config_path, test_mode="test")
     dm = pipeline.datamanager
     camera = dm.eval_dataset.cameras[0:1].to(pipeline.device)
     with torch.no_grad():
@@ -101,8 +95,11 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     config_path = output_dir / "runs" / "demo" / "nerfcodec" / "run" / "config.yml"
 
     CONSOLE.rule("[bold]3/3 evaluation (ns-eval equivalent, test views)")
-    metrics = evaluate_run(config_path)
-    save_comparison(config_path, output_dir / "render.png")
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, step = eval_setup(config_path, test_mode="test")  # loaded once, used twice
+    metrics = evaluate_run(pipeline, step)
+    save_comparison(pipeline, output_dir / "render.png")
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
     summary = {
         "scene": str(scene),

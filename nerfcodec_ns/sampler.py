@@ -152,20 +152,23 @@ class CoarseGrid(NamedTuple):
 
     def lookup(self, pts: Float[Tensor, "n 3"]) -> Bool[Tensor, "n"]:
         """Whether a block with midpoint ``pts`` may contain occupied steps (points are clamped to the grid)."""
-        res = torch.tensor(self.binaries.shape, device=pts.device)
-        u = (pts - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
-        ijk = (u * res).long().clamp(min=torch.zeros_like(res), max=res - 1)
-        return self.binaries.reshape(-1)[(ijk[:, 0] * res[1] + ijk[:, 1]) * res[2] + ijk[:, 2]]
+        flat, _ = _cell_index(self.binaries.shape, self.aabb, pts)
+        return self.binaries.reshape(-1)[flat]
 
 
 def _lookup_occupancy(binaries: Bool[Tensor, "X Y Z"], aabb: Float[Tensor, "6"], pts: Float[Tensor, "n 3"]) -> Tensor:
     """Occupancy bit of the grid cell containing each point (False outside the grid)."""
-    res = torch.tensor(binaries.shape, device=pts.device)
+    flat, inside = _cell_index(binaries.shape, aabb, pts)
+    return binaries.reshape(-1)[flat] & inside
+
+
+def _cell_index(shape, aabb: Float[Tensor, "6"], pts: Float[Tensor, "n 3"]) -> tuple[Tensor, Tensor]:
+    """Flat index of the grid cell of each point (clamped to the grid) and whether the point is inside."""
+    res = torch.tensor(shape, device=pts.device)
     u = (pts - aabb[:3]) / (aabb[3:] - aabb[:3])
     inside = ((u >= 0.0) & (u < 1.0)).all(dim=-1)
     ijk = (u * res).long().clamp(min=torch.zeros_like(res), max=res - 1)
-    flat = (ijk[:, 0] * res[1] + ijk[:, 1]) * res[2] + ijk[:, 2]
-    return binaries.reshape(-1)[flat] & inside
+    return (ijk[:, 0] * res[1] + ijk[:, 1]) * res[2] + ijk[:, 2], inside
 
 
 SigmaFn = Callable[[Tensor, Tensor, Tensor], Tensor]
