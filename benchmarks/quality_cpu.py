@@ -32,8 +32,8 @@ class Args:
     """Step cap, and the horizon of the learning-rate schedules."""
     out: Path = Path("docs/bench/quality_cpu_lego200.json")
     """Where to write the results."""
-    run_dir: Optional[Path] = None
-    """Where to keep the run (default: a temporary folder)."""
+    run_dir: Optional[Path] = Path("outputs/quality_cpu")
+    """Where to keep the run (its checkpoint is the trained field the codec benchmark starts from)."""
 
 
 def main(args: Args) -> Dict:
@@ -45,7 +45,8 @@ def main(args: Args) -> Dict:
     torch.manual_seed(0)
     cfg = nerfcodec_trainer_config(max_steps=args.max_steps)
     cfg.pipeline.datamanager.data = args.data
-    cfg.output_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="quality_runs_"))
+    cfg.pipeline.model.codec_enabled = False  # the base field (the codec benchmark starts from this run)
+    cfg.output_dir = args.run_dir if args.run_dir is not None else Path(tempfile.mkdtemp(prefix="quality_runs_"))
     cfg.vis = "tensorboard"
     cfg.set_timestamp()
     cfg.save_config()

@@ -67,6 +67,8 @@ def _setup_trainer(method: str, data: Path, rays: int, out_dir: Path):
     cfg.machine.device_type = "cpu"
     cfg.output_dir = out_dir
     cfg.vis = "tensorboard"
+    if method == "nerfcodec":
+        cfg.pipeline.model.codec_enabled = False  # the base field: what is compared with tensorf
     cfg.set_timestamp()
     trainer = cfg.setup(local_rank=0, world_size=1)
     trainer.setup()

@@ -1,4 +1,5 @@
-"""``nerfcodec``: the plugin's own command line (scene generation, demo; later export/decode/info).
+"""``nerfcodec``: the plugin's own command line (scene generation, demo, codec pre-training and
+evaluation; later export/decode/info).
 
 Errors a user can cause (bad paths, existing outputs) end with a one-line message and exit code 2,
 never a traceback.
@@ -7,11 +8,14 @@ never a traceback.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 import tyro
+
+# Cheap: torch is already imported by the package; compressai is imported only when a command runs.
+from nerfcodec_ns.pretrain import PretrainConfig
 
 
 class UserError(Exception):
@@ -71,9 +75,125 @@ class Demo:
                  overwrite=self.overwrite)
 
 
+@dataclass
+class PretrainCodec:
+    """Pre-train a CompressAI image codec (the NeRFCodec backbone) on a folder of images.
+
+    Writes OUTPUT (the backbone file the codec loads) and OUTPUT.ckpt (to --resume an interrupted
+    or finished run with more --steps).
+    """
+
+    images: Path
+    """Folder of training images (png/jpg/jpeg, not recursive); all are loaded into memory."""
+    output: Path
+    """Backbone file to write, e.g. backbone.pt."""
+    config: Annotated[PretrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PretrainConfig)
+    resume: bool = False
+    """Continue from OUTPUT.ckpt (same settings; --steps may grow)."""
+    overwrite: bool = False
+    """Replace an existing OUTPUT; without --resume also discard an existing OUTPUT.ckpt."""
+
+    def main(self) -> None:
+        from rich.console import Console
+
+        from nerfcodec_ns.pretrain import PretrainError, pretrain
+
+        try:
+            result = pretrain(self.images, self.output, self.config, resume=self.resume,
+                              overwrite=self.overwrite, progress=True, console=Console(stderr=True))
+        except PretrainError as err:
+            raise UserError(str(err)) from err
+        except KeyboardInterrupt:
+            from nerfcodec_ns.pretrain import checkpoint_path
+
+            ckpt = checkpoint_path(self.output)
+            if ckpt.exists():
+                print(f"nerfcodec: the last checkpoint is {ckpt}; continue with --resume", file=sys.stderr)
+            raise
+        meta = result.meta
+        rows = [
+            ("architecture", f"{self.config.architecture} (N={self.config.N}, M={self.config.M})"),
+            ("images", f"{meta['num_images']} in {meta['images']}"),
+            ("steps", f"{result.resumed_from} -> {result.step}" if result.resumed_from else str(result.step)),
+            ("final loss (EMA)", f"{meta['final_loss']:.4f}"),
+            ("final bpp (EMA, crops)", f"{meta['final_bpp']:.4f}"),
+            ("final PSNR (EMA, crops)", f"{meta['final_psnr']:.2f} dB"),
+            ("backbone file", f"{result.output} ({result.output.stat().st_size / 1e6:.2f} MB)"),
+            ("checkpoint", str(result.checkpoint)),
+        ]
+        _print_table("pretrain-codec", ["", "value"], rows)
+
+
+@dataclass
+class EvalCodec:
+    """Code a folder of images with a pre-trained backbone: PSNR and bits per pixel (real and estimated)."""
+
+    weights: Path
+    """Backbone file written by pretrain-codec."""
+    images: Path
+    """Folder of images (png/jpg/jpeg, not recursive), coded at full size."""
+    json: Optional[Path] = None
+    """Also write the results (per image and mean) to this JSON file."""
+
+    def main(self) -> None:
+        import json
+
+        from rich.console import Console
+
+        from nerfcodec_ns.pretrain import PretrainError, evaluate, list_images, load_backbone_file
+
+        try:
+            list_images(self.images)
+            if self.json is not None:
+                _check_output_file(self.json)
+            model, meta = load_backbone_file(self.weights)
+            results = evaluate(model, self.images, progress=True, console=Console(stderr=True))
+        except PretrainError as err:
+            raise UserError(str(err)) from err
+        rows = [(r["name"], f"{r['width']}x{r['height']}", f"{r['psnr']:.2f}", f"{r['bpp']:.4f}",
+                 f"{r['bpp_est']:.4f}", str(r["bytes"])) for r in results["rows"]]
+        m = results["mean"]
+        rows.append((f"mean of {m['images']}", "", f"{m['psnr']:.2f}", f"{m['bpp']:.4f}",
+                     f"{m['bpp_est']:.4f}", f"{m['bytes']:.0f}"))
+        title = f"{self.weights.name}: {meta['architecture']} N={meta['N']} M={meta['M']}"
+        _print_table(title, ["image", "size", "PSNR dB", "bpp", "bpp est.", "bytes"], rows)
+        if self.json is not None:
+            out = {"weights": str(self.weights), "images": str(self.images),
+                   "architecture": meta["architecture"], "N": meta["N"], "M": meta["M"], **results}
+            self.json.write_text(json.dumps(out, indent=2) + "\n")
+            print(f"wrote {self.json}")
+
+
+def _check_output_file(path: Path) -> None:
+    """An output file's folder must exist and be writable (a real probe: this also holds for root)."""
+    import tempfile
+
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file name")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def _print_table(title: str, columns: list, rows: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
 Commands = Union[
     Annotated[MakeScene, tyro.conf.subcommand(name="make-scene")],
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
+    Annotated[PretrainCodec, tyro.conf.subcommand(name="pretrain-codec")],
+    Annotated[EvalCodec, tyro.conf.subcommand(name="eval-codec")],
 ]
 
 

@@ -50,6 +50,12 @@ def nerfcodec_trainer_config(max_steps: int = MAX_STEPS) -> TrainerConfig:
                 "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, max_steps=max_steps),
             },
+            # the codec (used from model.codec_field_steps on): encoder and entropy model ...
+            "codec": {"optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15), "scheduler": None},
+            # ... the transmitted decoder head and compensation vectors ...
+            "codec_heads": {"optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15), "scheduler": None},
+            # ... and CompressAI's auxiliary parameters (entropy-bottleneck quantiles)
+            "codec_aux": {"optimizer": AdamOptimizerConfig(lr=1e-3), "scheduler": None},
         },
         viewer=ViewerConfig(num_rays_per_chunk=1 << 14),
         vis="viewer",

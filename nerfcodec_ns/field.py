@@ -14,7 +14,7 @@ from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from nerfstudio.utils.math import components_from_spherical_harmonics
@@ -53,19 +53,81 @@ class TriplaneFieldSpec:
             raise ValueError(f"sh_degree must be in 1..4, got {self.sh_degree}")
 
 
-def sample_planes(
+def sample_planes_reference(
     planes: Float[Tensor, "3 C R R"], coords: Float[Tensor, "N 3"], reduce: str = "product"
 ) -> Float[Tensor, "N C"]:
-    """Bilinear lookup of the three planes at ``coords`` in [-1, 1]^3, combined over planes.
+    """Bilinear lookup of the three planes at ``coords`` in [-1, 1]^3 with ``F.grid_sample``.
 
-    Plane p holds axes ``PLANE_AXES[p] = (a, b)``: its width (grid x) indexes axis a and its
-    height (grid y) axis b, with ``align_corners=True`` (corner texels sit at -1 and +1).
+    The reference for :func:`sample_planes`. Plane p holds axes ``PLANE_AXES[p] = (a, b)``: its
+    width (grid x) indexes axis a and its height (grid y) axis b, with ``align_corners=True``
+    (corner texels sit at -1 and +1).
     """
     grid = torch.stack((coords[:, _PLANE_U], coords[:, _PLANE_V]), dim=-1).transpose(0, 1)  # [3, N, 2]
     feats = F.grid_sample(planes, grid[:, :, None, :], mode="bilinear", align_corners=True)  # [3, C, N, 1]
     feats = feats[..., 0]
     out = feats[0] * feats[1] * feats[2] if reduce == "product" else feats.sum(0)
     return out.transpose(0, 1)
+
+
+def bilinear_corners(
+    coords: Float[Tensor, "N 3"], resolution: int
+) -> Tuple[Int[Tensor, "3 N 4"], Float[Tensor, "3 N 4"]]:
+    """Texel rows and bilinear weights of the four corners around each point, for each plane.
+
+    Rows index the planes flattened channels-last, ``[3 * R * R, C]`` (row = p*R*R + v*R + u).
+    Coordinates are clamped to the box, so points outside it read the border texels.
+    """
+    R = resolution
+    uv = torch.stack((coords[:, _PLANE_U], coords[:, _PLANE_V]), dim=-1).transpose(0, 1)  # [3, N, 2]
+    x = (uv.clamp(-1.0, 1.0) + 1.0) * (0.5 * (R - 1))
+    x0 = x.floor().clamp_(0, R - 2)
+    frac = x - x0
+    i0 = x0.long()
+    base = torch.arange(3, device=coords.device).view(3, 1) * (R * R)
+    row = base + i0[..., 1] * R + i0[..., 0]
+    rows = torch.stack((row, row + 1, row + R, row + R + 1), dim=-1)
+    fu, fv = frac[..., 0], frac[..., 1]
+    gu, gv = 1.0 - fu, 1.0 - fv
+    weights = torch.stack((gu * gv, fu * gv, gu * fv, fu * fv), dim=-1)
+    return rows, weights
+
+
+class _GatherRows(torch.autograd.Function):
+    """``out[p, n] = sum_k w[p, n, k] * table[rows[p, n, k]]``; backward is one ``index_add_``.
+
+    On CPU this is about 2x faster than ``grid_sample`` forward + backward (see docs/foundation.md).
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        out = F.embedding_bag(rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4), mode="sum")
+        ctx.save_for_backward(rows, weights)
+        ctx.table_rows = table.shape[0]
+        return out.view(rows.shape[0], rows.shape[1], table.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        rows, weights = ctx.saved_tensors
+        contrib = (grad[:, :, None, :] * weights[..., None]).reshape(-1, grad.shape[-1])
+        grad_table = grad.new_zeros(ctx.table_rows, grad.shape[-1])
+        grad_table.index_add_(0, rows.reshape(-1), contrib)
+        return grad_table, None, None
+
+
+def sample_planes(
+    planes: Float[Tensor, "3 C R R"], coords: Float[Tensor, "N 3"], reduce: str = "product"
+) -> Float[Tensor, "N C"]:
+    """Bilinear lookup of the three planes at ``coords`` in [-1, 1]^3, combined over planes.
+
+    Same values and gradients as :func:`sample_planes_reference` for points inside the box,
+    computed as a row gather from the channels-last planes. Planes may be any layout (decoded
+    planes are copied to channels-last once).
+    """
+    C, R = planes.shape[1], planes.shape[-1]
+    table = planes.permute(0, 2, 3, 1).reshape(3 * R * R, C)  # a view when planes are channels-last
+    rows, weights = bilinear_corners(coords, R)
+    feats = _GatherRows.apply(table, rows, weights.to(table.dtype))  # [3, N, C]
+    return feats[0] * feats[1] * feats[2] if reduce == "product" else feats.sum(0)
 
 
 class TriplaneField(nn.Module):
@@ -85,7 +147,7 @@ class TriplaneField(nn.Module):
             init = [torch.empty(3, C, r, r).uniform_(0.1, 0.5) for r in spec.resolutions]
         else:
             init = [0.1 * torch.randn(3, C, r, r) for r in spec.resolutions]
-        # channels-last storage: same [3, C, R, R] tensor, but grid_sample's CPU backward is ~1.7x faster
+        # channels-last storage: the [3, C, R, R] tensor's memory is the [3*R*R, C] row table sample_planes reads
         self.planes = nn.ParameterList([nn.Parameter(p.contiguous(memory_format=torch.channels_last)) for p in init])
         in_dim = C * len(spec.resolutions)
         self.density_mlp = nn.Sequential(

@@ -1,4 +1,16 @@
-"""The nerfcodec nerfstudio model: a tri-plane field rendered with occupancy-grid ray marching."""
+"""The nerfcodec nerfstudio model: a tri-plane field rendered with occupancy-grid ray marching,
+trained jointly with the neural plane codec (NeRFCodec) in one ``ns-train`` run.
+
+Training stages (set by the step; ``codec_stage`` is kept in the checkpoint):
+
+0. ``field``: the field trains alone (``codec_field_steps`` steps).
+1. ``warm-up``: the codec learns to reconstruct the frozen planes, with the rate term
+   (``codec_warmup_steps`` steps); rays are rendered from the planes, which get no gradient.
+2. ``joint``: rays are rendered from the DECODED planes; field, encoder, heads, compensation
+   vectors and MLP train on rendering loss + ``codec_lambda`` x rate. From here on, evaluation
+   and the viewer render the decoded planes (rounded latents), so reported PSNR is the
+   compressed scene's.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
+from nerfcodec_ns.codec import CodecConfig, CodecOutput
 from nerfcodec_ns.field import TriplaneField, TriplaneFieldSpec
 from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
 from nerfcodec_ns.rendering import accumulate_along_rays, render_weights
@@ -60,6 +73,8 @@ class NerfcodecModelConfig(ModelConfig):
     """Update the occupancy grid every this many steps."""
     occ_warmup_steps: int = 64
     """Steps during which every grid cell is re-evaluated at each update."""
+    occ_warmup_every: int = 4
+    """Grid update interval during the warm-up steps (frequent updates prune empty space sooner)."""
     occ_thre: float = 0.01
     """Occupancy threshold on density * step size."""
     occ_sample_fraction: float = 0.125
@@ -70,6 +85,18 @@ class NerfcodecModelConfig(ModelConfig):
     """Weight of a total-variation penalty on the feature planes (0 disables it)."""
     lpips: Literal["auto", "off"] = "auto"
     """LPIPS in evaluation: "auto" computes it when its AlexNet weights can be loaded, else reports it unavailable."""
+    codec_enabled: bool = True
+    """Train the neural plane codec after the field (False: the base field only)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """The plane codec: backbone, its weights, compensation, head quantization."""
+    codec_field_steps: int = 7000
+    """Stage 0: steps of field-only training before the codec starts."""
+    codec_warmup_steps: int = 500
+    """Stage 1: steps of codec warm-up on the frozen planes (feature reconstruction + rate)."""
+    codec_lambda: float = 1e-5
+    """Rate-distortion trade-off: weight of the estimated latent size in kilobytes (y + z) in the loss."""
+    codec_rec_mult: float = 1.0
+    """Weight of the warm-up feature-reconstruction loss (MSE of the normalized planes)."""
 
     def field_spec(self) -> TriplaneFieldSpec:
         """The field architecture this config describes."""
@@ -101,10 +128,27 @@ class NerfcodecModel(Model):
         self.register_buffer("background", torch.tensor(bg), persistent=False)
         # Not an nn.Module attribute: kept out of state_dict and checkpoints.
         self._lpips = LazyLPIPS(enabled=self.config.lpips == "auto")
+        self.register_buffer("codec_stage", torch.tensor(0), persistent=True)
+        self.codec = None
+        if self.config.codec_enabled:
+            from nerfcodec_ns.codec import PlaneCodec
+
+            spec = self.field.spec
+            self.codec = PlaneCodec(self.config.codec, spec.num_channels, spec.resolutions)
+        self._decoded_cache: Optional[Tuple[tuple, List[Tensor]]] = None
 
     # ------------------------------------------------------------------ training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        return {"fields": self.field.mlp_parameters(), "planes": list(self.field.planes)}
+        groups = {"fields": self.field.mlp_parameters(), "planes": list(self.field.planes)}
+        if self.codec is not None:
+            groups.update({k: v for k, v in self.codec.parameter_groups(split_heads=True).items() if v})
+        return groups
+
+    def stage_at(self, step: int) -> int:
+        """Training stage at ``step``: 0 field, 1 codec warm-up, 2 joint (see the module docstring)."""
+        if self.codec is None or step < self.config.codec_field_steps:
+            return 0
+        return 1 if step < self.config.codec_field_steps + self.config.codec_warmup_steps else 2
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         def update_grid(step: int) -> None:
@@ -113,22 +157,53 @@ class NerfcodecModel(Model):
                 lambda x: self.field.density(x, self.render_planes())[0],
                 occ_thre=self.config.occ_thre,
                 warmup_steps=self.config.occ_warmup_steps,
-                every=self.config.occ_update_every,
+                every=self.config.occ_warmup_every if step < self.config.occ_warmup_steps else self.config.occ_update_every,
                 sample_fraction=self.config.occ_sample_fraction,
             )
 
-        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid)]
+        def set_stage(step: int) -> None:
+            self.codec_stage.fill_(self.stage_at(step))
+
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage),
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid),
+        ]
 
     def render_planes(self) -> Optional[Sequence[Tensor]]:
-        """Planes to render from; None means the field's own (the codec stage overrides this)."""
-        return None
+        """Planes to render from: None (the field's own) before the joint stage, then the decoded planes.
+
+        Outside training-with-gradients the decoded planes are computed without gradients and cached
+        until a plane or codec parameter changes (the viewer and evaluation render many chunks).
+        """
+        if self.codec is None or int(self.codec_stage) < 2:
+            return None
+        params = [*self.field.planes, *self.codec.parameters()]
+        key = (self.training, tuple(p._version for p in params))
+        if self._decoded_cache is None or self._decoded_cache[0] != key:
+            with torch.no_grad():
+                decoded = [out.x_hat for out in self.code_planes()]
+            self._decoded_cache = (key, decoded)
+        return self._decoded_cache[1]
+
+    def code_planes(self, detach_planes: bool = False) -> List[CodecOutput]:
+        """Run the codec on every plane level (noise proxy in training mode, rounding in eval mode)."""
+        assert self.codec is not None
+        planes = self.field.plane_list()
+        return [self.codec(p.detach() if detach_planes else p, level) for level, p in enumerate(planes)]
 
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
         n_rays = origins.shape[0]
-        planes = self.render_planes()
+        stage = int(self.codec_stage) if self.codec is not None else 0
+        codec_outs: Optional[List[CodecOutput]] = None
+        if self.training and stage >= 1:
+            codec_outs = self.code_planes(detach_planes=stage == 1)
+            # warm-up renders the frozen planes; joint training renders the decoded ones
+            planes = [p.detach() for p in self.field.plane_list()] if stage == 1 else [o.x_hat for o in codec_outs]
+        else:
+            planes = self.render_planes()
 
         def sigma_fn(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor) -> Tensor:
             t = 0.5 * (t_starts + t_ends)
@@ -161,7 +236,15 @@ class NerfcodecModel(Model):
         depth = accumulate_along_rays(weights, t_mids[:, None], ri, n_rays) / acc.clamp(min=1e-10)
         rgb = rgb + (1.0 - acc) * self.background
         counts = torch.bincount(ri, minlength=n_rays).to(rgb.dtype)
-        return {"rgb": rgb, "accumulation": acc, "depth": depth, "num_samples_per_ray": counts[:, None]}
+        outputs = {"rgb": rgb, "accumulation": acc, "depth": depth, "num_samples_per_ray": counts[:, None]}
+        if codec_outs is not None:
+            outputs["codec_bits_y"] = sum(o.likelihoods["y"].log2().sum() for o in codec_outs).neg()
+            outputs["codec_bits_z"] = sum(o.likelihoods["z"].log2().sum() for o in codec_outs).neg()
+            if stage == 1:
+                outputs["codec_rec"] = sum(
+                    normalized_mse(o.x_hat, p.detach()) for o, p in zip(codec_outs, self.field.plane_list())
+                ) / len(codec_outs)
+        return outputs
 
     def get_rgba_image(self, outputs: Dict[str, Tensor], output_name: str = "rgb") -> Tensor:
         rgb = outputs[output_name]
@@ -170,15 +253,39 @@ class NerfcodecModel(Model):
     # ------------------------------------------------------------------ losses and metrics
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         gt = batch["image"].to(self.device)[..., :3]
-        return {
+        metrics = {
             "psnr": psnr(outputs["rgb"].detach(), gt),
             "samples_per_ray": outputs["num_samples_per_ray"].mean(),
             "occupied_fraction": self.sampler.binaries.float().mean(),
         }
+        if self.codec is not None:
+            metrics["codec_stage"] = self.codec_stage.float()
+        if "codec_bits_y" in outputs:
+            sizes = self.transmitted_sizes()
+            y_bytes, z_bytes = outputs["codec_bits_y"].detach() / 8, outputs["codec_bits_z"].detach() / 8
+            metrics.update({"codec_y_bytes": y_bytes, "codec_z_bytes": z_bytes})
+            metrics.update({f"size_{k}_bytes": torch.tensor(float(v)) for k, v in sizes.items()})
+            metrics["size_total_bytes"] = y_bytes + z_bytes + sum(sizes.values())
+        return metrics
+
+    def transmitted_sizes(self) -> Dict[str, int]:
+        """Bytes of every transmitted part other than the latent strings: the codec's content-specific
+        decoder parts, and the MLPs as float16. (The occupancy grid is not sent: the decoder
+        rebuilds it from the decoded field.)"""
+        assert self.codec is not None
+        sizes = {k.replace(".", "_"): v for k, v in self.codec.transmitted_sizes().items()}
+        sizes["mlp"] = 2 * sum(p.numel() for p in self.field.mlp_parameters())
+        return sizes
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = batch["image"].to(self.device)[..., :3]
         loss = {"rgb_loss": F.mse_loss(outputs["rgb"], gt)}
+        if self.training and "codec_bits_y" in outputs and self.codec is not None:
+            kbytes = (outputs["codec_bits_y"] + outputs["codec_bits_z"]) / 8000.0
+            loss["codec_rate"] = self.config.codec_lambda * kbytes
+            loss["codec_aux"] = self.codec.aux_loss()
+            if "codec_rec" in outputs:
+                loss["codec_rec"] = self.config.codec_rec_mult * outputs["codec_rec"]
         if self.training and self.config.plane_tv_mult > 0:
             loss["plane_tv"] = self.config.plane_tv_mult * sum(plane_tv(p) for p in self.field.plane_list())
         return loss
@@ -196,6 +303,12 @@ class NerfcodecModel(Model):
         depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
         images = {"img": torch.cat([gt, pred], dim=1), "accumulation": acc, "depth": depth}
         return metrics, images
+
+
+def normalized_mse(x_hat: Tensor, x: Tensor) -> Tensor:
+    """MSE of ``x_hat`` against ``x`` relative to ``x``'s per-channel variance (``[3, C, R, R]``)."""
+    var = x.var(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
+    return ((x_hat - x).pow(2) / var).mean()
 
 
 def plane_tv(plane: Tensor) -> Tensor:

@@ -20,6 +20,12 @@ TINY_MODEL_ARGS = [
     "--pipeline.model.grid-resolution", "32",
     "--pipeline.datamanager.train-num-rays-per-batch", "512",
     "--pipeline.model.eval-num-rays-per-chunk", "1024",
+    # a tiny random codec backbone; stages: field 0-9, codec warm-up 10-14, joint from 15
+    "--pipeline.model.codec.weights", "random",
+    "--pipeline.model.codec.N", "16",
+    "--pipeline.model.codec.M", "24",
+    "--pipeline.model.codec-field-steps", "10",
+    "--pipeline.model.codec-warmup-steps", "5",
 ]
 
 

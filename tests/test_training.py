@@ -23,6 +23,9 @@ def test_training_writes_checkpoint(tiny_run):
     state = torch.load(ckpt, map_location="cpu")  # nerfcodec_ns is imported: safe globals registered
     keys = state["pipeline"].keys()
     assert any("field.planes.0" in k for k in keys)
+    assert any(k.endswith("codec.g_s.0.weight") for k in keys), "the codec is part of the checkpoint"
+    stage = [v for k, v in state["pipeline"].items() if k.endswith("codec_stage")]
+    assert stage and int(stage[0]) == 2, "30 steps with field 10 + warm-up 5 end in the joint stage"
     assert not any("lpips" in k.lower() for k in keys), "LPIPS weights must not be in the checkpoint"
 
 
@@ -44,12 +47,14 @@ def test_eval_setup_loads_checkpoint(tiny_run):
         "from pathlib import Path\n"
         f"_, pipeline, ckpt, step = eval_setup(Path({str(tiny_run)!r}), test_mode='test')\n"
         "m = pipeline.get_average_eval_image_metrics(step=step)\n"
+        "print('DECODED', pipeline.model.render_planes() is not None)\n"
         "print('STEP', step, 'PSNR', m['psnr'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     line = [l for l in out.stdout.splitlines() if l.startswith("STEP")][-1].split()
     assert int(line[1]) == 29
+    assert "DECODED True" in out.stdout, "evaluation renders the decoded planes after the joint stage began"
     assert 5.0 < float(line[3]) < 60.0
 
 

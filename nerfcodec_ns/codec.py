@@ -1,0 +1,836 @@
+"""NeRFCodec plane codec: a CompressAI image codec adapted to C-channel feature planes.
+
+A pre-trained CompressAI model (the *backbone*) is turned into a :class:`PlaneCodec` for the
+``[3, C, R, R]`` tri-plane levels of :mod:`nerfcodec_ns.field` (the three planes are a batch of
+three C-channel images):
+
+* ``g_a``: the backbone analysis transform with a new first layer taking C channels (trainable,
+  encoder side only);
+* ``g_s``: the backbone synthesis transform, frozen, whose last layer is replaced by a new
+  content-specific *head* producing C channels (trainable, fake-quantized, transmitted);
+* ``h_a`` trainable, ``h_s`` frozen, ``entropy_bottleneck`` trainable (transmitted as float16),
+  ``gaussian_conditional`` as in the backbone; for ``cheng2020-anchor`` also the trainable,
+  transmitted ``context_prediction`` and ``entropy_parameters``;
+* per level: min/max normalisation to [0, 1] (float16 stats), zero padding to a multiple of 64,
+  and optional *feature compensation* (one learnable vector per axis and channel, added to each
+  decoded plane as a rank-1 outer product).
+
+compressai is imported lazily (inside functions): nerfstudio imports the plugin config for every
+``ns-*`` command, and this module must stay cheap to import.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int8
+from torch import Tensor, nn
+
+from nerfcodec_ns.field import PLANE_AXES
+
+Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
+ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
+
+#: Backbone shipped with the package (``weights="embedded"``); written by the pretraining command.
+EMBEDDED_BACKBONE = Path(__file__).resolve().parent / "weights" / "backbone.pt"
+BACKBONE_FORMAT = "nerfcodec-backbone"
+BACKBONE_VERSION = 1
+
+#: Planes are zero-padded so H and W are multiples of this (g_a downsamples by 16, h_a by 4 more).
+PAD_MULTIPLE = 64
+#: Initial value of the x-axis compensation vectors (y and z start at 0; see ``PlaneCodec``).
+COMPENSATION_INIT = 0.1
+#: Entropy-model buffers whose shapes change on ``update()`` (resized before loading a state dict).
+_DYNAMIC_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+@dataclass
+class CodecConfig:
+    """Which backbone to adapt, and how (NeRFCodec's neural plane codec)."""
+
+    backbone: Architecture = "bmshj2018-hyperprior"
+    """CompressAI architecture of the backbone codec."""
+    weights: str = "embedded"
+    """Backbone weights: "embedded" (``nerfcodec_ns/weights/backbone.pt``, shipped with the package),
+    "zoo" (CompressAI's official MSE weights for ``backbone`` and ``quality``; read from the torch hub
+    cache when present, else downloaded), "random" (random init, for ablations), or the path of a
+    backbone file written by :func:`save_backbone_file`."""
+    quality: int = 6
+    """CompressAI zoo quality (only for ``weights="zoo"``)."""
+    N: int = 64
+    """Backbone channel count N (only for ``weights="random"``; zoo and files carry their own)."""
+    M: int = 96
+    """Backbone latent channel count M (only for ``weights="random"``; cheng2020 uses M = N)."""
+    compensation: bool = True
+    """Add learnable per-axis feature-compensation vectors to the decoded planes."""
+    head_bits: int = 8
+    """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
+    vector_bits: int = 8
+    """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
+    adapt_heads: bool = True
+    """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
+    layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ARCHITECTURES:
+            raise ValueError(f"backbone must be one of {ARCHITECTURES}, got {self.backbone!r}")
+        for name in ("head_bits", "vector_bits"):
+            if not 2 <= getattr(self, name) <= 8:
+                raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbone files and loading
+# ----------------------------------------------------------------------------------------------
+
+
+class BackboneInfo(NamedTuple):
+    """Where a backbone came from, and a fingerprint of its frozen (decoder-side) weights."""
+
+    architecture: str
+    N: int
+    M: int
+    source: str
+    """"random", "zoo:<arch>/mse/q<quality> (<file name>)", or "file:<path>"."""
+    sha256: str
+    """Hex SHA-256 of the frozen ``g_s``/``h_s`` tensors as float32 (:func:`frozen_weights_sha256`)."""
+
+
+def build_backbone(architecture: str, N: int, M: int) -> nn.Module:
+    """A randomly initialised CompressAI model of ``architecture`` (cheng2020-anchor ignores M)."""
+    from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+
+    if architecture == "bmshj2018-hyperprior":
+        return ScaleHyperprior(N, M)
+    if architecture == "mbt2018-mean":
+        return MeanScaleHyperprior(N, M)
+    if architecture == "cheng2020-anchor":
+        return Cheng2020Anchor(N)
+    raise ValueError(f"unknown backbone architecture {architecture!r}; expected one of {ARCHITECTURES}")
+
+
+def frozen_weights_sha256(model: nn.Module, architecture: str) -> str:
+    """SHA-256 of a backbone's decoder-side weights (every float ``g_s.*``/``h_s.*`` state entry).
+
+    Tensors are hashed as little-endian float32 in sorted key order, each preceded by its key and
+    shape, so a float16 file and its float32 copy give the same fingerprint.
+    """
+    digest = hashlib.sha256(architecture.encode())
+    state = model.state_dict()
+    for key in sorted(k for k in state if k.startswith(("g_s.", "h_s.")) and state[k].is_floating_point()):
+        tensor = state[key].detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{key}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_meta(value: Any, where: str = "meta") -> None:
+    """Raise TypeError unless ``value`` only holds types that ``torch.load(weights_only=True)`` reads."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be str, got {type(k).__name__}")
+            _check_meta(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_meta(v, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, float, bool, Tensor))):
+        raise TypeError(f"{where}: unsupported type {type(value).__name__}")
+
+
+def save_backbone_file(
+    model: nn.Module,
+    architecture: str,
+    N: int,
+    M: int,
+    path: Union[str, Path],
+    meta: Optional[Dict[str, Any]] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a backbone file atomically (temporary file + ``os.replace``); ``model`` is left untouched.
+
+    The file is ``torch.save`` of ``{"format": "nerfcodec-backbone", "version": 1, "architecture",
+    "N", "M", "state_dict", "meta"}``; ``state_dict`` is the model's plain ``state_dict()`` (before or
+    after ``update()``) with the *parameters* cast to ``dtype`` (float16 halves the file). Buffers
+    keep their dtype (GDN's 2^-36 pedestal would underflow in float16); if the model was updated,
+    its CDF tables are rebuilt from the ``dtype``-rounded parameters so they match the stored weights.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown backbone architecture {architecture!r}; expected one of {ARCHITECTURES}")
+    if architecture == "cheng2020-anchor" and M != N:
+        raise ValueError(f"cheng2020-anchor has M = N, got N={N}, M={M}")
+    expected = build_backbone(architecture, N, M).state_dict()
+    state = model.state_dict()
+    bad = [k for k in expected if k not in state or (
+        state[k].shape != expected[k].shape and k.rsplit(".", 1)[-1] not in _DYNAMIC_BUFFERS)]
+    if bad or set(state) - set(expected):
+        raise ValueError(f"model is not a {architecture}(N={N}, M={M}): mismatched keys {bad[:5]}")
+    meta = dict(meta or {})
+    _check_meta(meta)
+    model = copy.deepcopy(model).cpu()
+    params = {name for name, _ in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(dtype).float())
+    if model.entropy_bottleneck._offset.numel() > 0:
+        model.update(force=True)
+    payload = {
+        "format": BACKBONE_FORMAT,
+        "version": BACKBONE_VERSION,
+        "architecture": architecture,
+        "N": int(N),
+        "M": int(M),
+        "state_dict": {
+            k: (v.to(dtype) if k in params else v).detach().clone() for k, v in model.state_dict().items()
+        },
+        "meta": meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_backbone_file(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load and validate a backbone file (``weights_only=True``); floating tensors become float32."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors: not a torch file we can read safely
+        raise ValueError(f"{path} is not a readable nerfcodec backbone file: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{path} is not a nerfcodec backbone file (format {got!r}, expected {BACKBONE_FORMAT!r})"
+        )
+    if payload.get("version") != BACKBONE_VERSION:
+        raise ValueError(f"{path}: unsupported backbone file version {payload.get('version')!r}")
+    if payload.get("architecture") not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {payload.get('architecture')!r}")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: 'state_dict' must map names to tensors")
+    payload["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return payload
+
+
+def _load_zoo(architecture: str, quality: int) -> Tuple[nn.Module, str]:
+    """CompressAI zoo model with official MSE weights (torch hub cache first, then download)."""
+    from compressai.zoo import image_models
+    from compressai.zoo.image import model_urls
+
+    url = model_urls.get(architecture, {}).get("mse", {}).get(quality)
+    if url is None:
+        raise ValueError(f"CompressAI zoo has no MSE weights for {architecture} quality {quality}")
+    model = image_models[architecture](quality=quality, metric="mse", pretrained=True, progress=False)
+    return model, f"zoo:{architecture}/mse/q{quality} ({url.rsplit('/', 1)[-1]})"
+
+
+def load_backbone(config: CodecConfig) -> Tuple[nn.Module, BackboneInfo]:
+    """The CompressAI backbone model selected by ``config`` (float32, CPU), and its :class:`BackboneInfo`."""
+    arch = config.backbone
+    if config.weights == "random":
+        N, M = config.N, (config.N if arch == "cheng2020-anchor" else config.M)
+        model, source = build_backbone(arch, N, M), "random"
+    elif config.weights == "zoo":
+        model, source = _load_zoo(arch, config.quality)
+    else:
+        if config.weights == "embedded":
+            path = EMBEDDED_BACKBONE
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"the embedded backbone weights {path} are missing: this file is produced by the "
+                    "backbone pretraining command and shipped with the package. Use "
+                    "CodecConfig(weights='zoo') (CompressAI official weights), weights='random', or the "
+                    "path of a backbone file instead."
+                )
+        else:
+            path = Path(config.weights).expanduser()
+        payload = read_backbone_file(path)
+        if payload["architecture"] != arch:
+            raise ValueError(
+                f"{path} holds a {payload['architecture']} backbone but the config asks for {arch}"
+            )
+        model = build_backbone(arch, payload["N"], payload["M"])
+        model.load_state_dict(payload["state_dict"])  # CompressionModel: resizes the CDF buffers first
+        source = f"file:{path}"
+    model = model.float().cpu()
+    N, M = int(model.N), int(model.M)
+    return model, BackboneInfo(arch, N, M, source, frozen_weights_sha256(model, arch))
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization helpers (symmetric, straight-through)
+# ----------------------------------------------------------------------------------------------
+
+
+class _RoundSTE(torch.autograd.Function):
+    """``round`` in the forward pass, identity gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g
+
+
+def quant_scale(absmax: Tensor, bits: int) -> Tensor:
+    """Symmetric quantization step for values in ``[-absmax, absmax]`` with ``bits`` bits.
+
+    The step is ``absmax / (2**(bits-1) - 1)`` rounded *up* to ``25 - bits`` significant bits, so that
+    ``int * step`` is exact in float32 and re-quantizing dequantized values gives the same step and
+    integers (quantization is idempotent, which makes int8 round trips exact).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    keep = 25 - bits
+    mant, exp = torch.frexp(absmax.float().clamp_min(2.0**-100) / qmax)
+    return torch.ldexp(torch.ceil(torch.ldexp(mant, torch.full_like(exp, keep))), exp - keep)
+
+
+def fake_quantize(x: Tensor, bits: int, dims: Sequence[int]) -> Tensor:
+    """Quantize-dequantize ``x`` with one scale per slice (max over ``dims``); straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = quant_scale(x.detach().abs().amax(dim=tuple(dims), keepdim=True), bits)
+    return _RoundSTE.apply(x / scale).clamp(-qmax, qmax) * scale
+
+
+def quantize_int(x: Tensor, bits: int, dims: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """``(int8 values, float32 scales)`` with ``ints.float() * scales == fake_quantize(x)`` exactly.
+
+    Scales keep their reduced dimensions (size 1) so they broadcast against the ints.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    scale = quant_scale(x.detach().abs().amax(dim=tuple(dims), keepdim=True), bits)
+    ints = torch.round(x.detach() / scale).clamp(-qmax, qmax).to(torch.int8)
+    return ints, scale
+
+
+class QuantizedHead(nn.Module):
+    """Last synthesis layer (producing C channels) whose weights are fake-quantized in ``forward``.
+
+    Wraps a ``ConvTranspose2d`` (bmshj/mbt: 5x5, stride 2) or a ``Conv2d`` followed by a pixel
+    shuffle (cheng2020 ``subpel_conv3x3``). Scales are per output channel (dim 1 of a transposed
+    conv weight, dim 0 of a conv weight); the bias stays float32.
+    """
+
+    def __init__(self, layer: Union[nn.Conv2d, nn.ConvTranspose2d], bits: int, upscale: int = 1,
+                 quantize: bool = True) -> None:
+        super().__init__()
+        self.layer = layer
+        self.bits = int(bits)
+        self.upscale = int(upscale)
+        self.quantize_weights = bool(quantize)
+        out_dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+        self._reduce_dims = tuple(d for d in range(layer.weight.ndim) if d != out_dim)
+
+    def dequantized_weight(self) -> Tensor:
+        """Weights used by ``forward``: fake-quantized (straight-through) unless quantization is off."""
+        w = self.layer.weight
+        return fake_quantize(w, self.bits, self._reduce_dims) if self.quantize_weights else w
+
+    def forward(self, x: Float[Tensor, "B N h w"]) -> Float[Tensor, "B C H W"]:
+        layer, w = self.layer, self.dequantized_weight()
+        if isinstance(layer, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, w, layer.bias, layer.stride, layer.padding, layer.output_padding,
+                                      layer.groups, layer.dilation)
+        out = F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.pixel_shuffle(out, self.upscale) if self.upscale > 1 else out
+
+    def quantize(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(int8 weights, float32 per-output-channel scales [out], float32 bias)``."""
+        ints, scale = quantize_int(self.layer.weight, self.bits, self._reduce_dims)
+        return ints, scale.flatten().clone(), self.layer.bias.detach().float().clone()
+
+    @torch.no_grad()
+    def load_quantized(self, ints: Tensor, scales: Tensor, bias: Tensor) -> None:
+        """Set the weights to ``ints * scales`` (``forward`` then uses exactly these) and the bias."""
+        w = self.layer.weight
+        shape = [1] * w.ndim
+        shape[[d for d in range(w.ndim) if d not in self._reduce_dims][0]] = -1
+        w.copy_(ints.to(w.device, torch.float32) * scales.to(w.device, torch.float32).view(shape))
+        self.layer.bias.copy_(bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer surgery: C-channel encoder input and decoder head
+# ----------------------------------------------------------------------------------------------
+
+
+def _tiled_index(C: int, group: int = 1) -> Tensor:
+    """Channel map c -> c % 3 (RGB tiling); with sub-pixel groups, c*g+s -> (c%3)*g+s."""
+    rgb = torch.arange(C) % 3
+    return (rgb[:, None] * group + torch.arange(group)[None, :]).reshape(-1)
+
+
+def _encoder_input_layer(first: nn.Module, architecture: str, C: int, N: int, adapt: bool) -> nn.Module:
+    """First ``g_a`` layer taking C channels: new (``adapt``) or the pretrained RGB layer tiled over C.
+
+    Tiling gives input channel c the pretrained weights of RGB channel ``c % 3`` times ``3 / C``, so
+    each RGB input effectively sees the mean of its channel group.
+    """
+    from compressai.layers import ResidualBlockWithStride
+    from compressai.models.utils import conv
+
+    if architecture == "cheng2020-anchor":
+        layer: nn.Module = ResidualBlockWithStride(C, N, stride=2)
+    else:
+        layer = conv(C, N, kernel_size=5, stride=2)
+    if adapt:
+        return layer
+    idx = _tiled_index(C)
+    state = {k: (v[:, idx] * (3.0 / C) if v.ndim == 4 and v.shape[1] == 3 else v)
+             for k, v in first.state_dict().items()}
+    layer.load_state_dict(state)
+    return layer
+
+
+def _decoder_head(
+    last: nn.Module, architecture: str, C: int, N: int, bits: int, adapt: bool
+) -> QuantizedHead:
+    """Last ``g_s`` layer producing C channels, as a :class:`QuantizedHead`.
+
+    ``adapt``: a new trainable layer, fake-quantized to ``bits``. Otherwise the pretrained RGB layer
+    tiled over C (output channel c copies RGB channel ``c % 3``), frozen and not quantized (the
+    decoder rebuilds it from the backbone, so it is not transmitted).
+    """
+    from compressai.models.utils import deconv
+
+    if architecture == "cheng2020-anchor":  # subpel_conv3x3(N, C, 2): conv to 4C channels + PixelShuffle(2)
+        head = QuantizedHead(nn.Conv2d(N, C * 4, kernel_size=3, padding=1), bits, upscale=2, quantize=adapt)
+        old, idx, dim = last[0], _tiled_index(C, group=4), 0
+    else:
+        head = QuantizedHead(deconv(N, C, kernel_size=5, stride=2), bits, quantize=adapt)
+        old, idx, dim = last, _tiled_index(C), 1
+    if not adapt:
+        with torch.no_grad():
+            head.layer.weight.copy_(old.weight.index_select(dim, idx))
+            head.layer.bias.copy_(old.bias[idx])
+    return head
+
+
+# ----------------------------------------------------------------------------------------------
+# The plane codec
+# ----------------------------------------------------------------------------------------------
+
+
+class CodecOutput(NamedTuple):
+    """Result of :meth:`PlaneCodec.forward`."""
+
+    x_hat: Float[Tensor, "3 C R R"]
+    """Decoded (and compensated) planes, differentiable."""
+    likelihoods: Dict[str, Tensor]
+    """``{"y": [3, M, H/16, W/16], "z": [3, N, H/64, W/64]}`` likelihoods of the padded planes."""
+    bits: Float[Tensor, ""]
+    """Estimated rate in bits: sum of -log2 likelihoods over y and z."""
+
+
+@dataclass
+class CompressedLevel:
+    """Bitstream of one level: entropy-coded strings and the side information needed to decode."""
+
+    y_strings: List[bytes]
+    """One string per plane (xy, xz, yz)."""
+    z_strings: List[bytes]
+    """One string per plane."""
+    z_shape: Tuple[int, int]
+    """Spatial size of z (padded size / 64)."""
+    padded_shape: Tuple[int, int]
+    """Padded plane size (H, W), multiples of 64."""
+    resolution: int
+    """Original plane side R."""
+    stats_min: Tensor
+    """Per plane per channel minimum, float16 ``[3, C]``."""
+    stats_max: Tensor
+    """Per plane per channel maximum, float16 ``[3, C]``."""
+
+    def num_bytes(self) -> int:
+        """Bytes of the entropy-coded strings (y + z), excluding side information."""
+        return sum(len(s) for s in self.y_strings) + sum(len(s) for s in self.z_strings)
+
+
+def estimate_bits(likelihoods: Union[Dict[str, Tensor], Sequence[Tensor]]) -> Tensor:
+    """Estimated code length in bits: ``sum(-log2 p)`` over all likelihood tensors (scalar tensor)."""
+    values = likelihoods.values() if isinstance(likelihoods, dict) else likelihoods
+    return sum(-torch.log2(p).sum() for p in values)  # type: ignore[return-value]
+
+
+def plane_stats(planes: Float[Tensor, "3 C R R"]) -> Tuple[Tensor, Tensor]:
+    """Per plane per channel (min, max) as float16 ``[3, C]``, rounded outwards (min down, max up)."""
+    x = planes.detach().float()
+    lo, hi = x.amin(dim=(2, 3)), x.amax(dim=(2, 3))
+    lo16, hi16 = lo.half(), hi.half()
+    lo16 = torch.where(lo16.float() > lo, torch.nextafter(lo16, torch.full_like(lo16, -float("inf"))), lo16)
+    hi16 = torch.where(hi16.float() < hi, torch.nextafter(hi16, torch.full_like(hi16, float("inf"))), hi16)
+    return lo16, hi16
+
+
+class PlaneCodec(nn.Module):
+    """NeRFCodec's content-adapted codec for ``[3, C, R, R]`` feature planes, shared by all levels.
+
+    Args:
+        config: backbone and adaptation options.
+        num_channels: feature channels C of every level.
+        resolutions: plane side R of each level (one compensation vector set per level).
+        backbone: ``(model, info)`` from :func:`load_backbone`; loaded from ``config`` when None.
+            The model is copied, so one backbone may seed several codecs.
+
+    Compensation vectors ``vectors[level]`` are ``[3 axes, C, R]``; plane (a, b) of ``PLANE_AXES``
+    gets ``outer(v_b, v_a)`` per channel (H indexes axis b, W axis a, as in ``field.sample_planes``).
+    They start with the x-axis vectors at ``COMPENSATION_INIT`` and y/z at zero: the correction is
+    exactly zero at start, yet every vector receives gradients after one step (all-zero vectors
+    would be a saddle point of the product and never move).
+
+    For the hyperprior backbones the eval-mode ``forward`` decodes exactly what
+    ``decompress(compress(x))`` gives, once :meth:`update` has run (``compress`` calls it). For
+    cheng2020-anchor, the eval forward uses CompressAI's parallel approximation of the autoregressive
+    decoder, so its result differs slightly from ``decompress``.
+    """
+
+    def __init__(self, config: CodecConfig, num_channels: int, resolutions: Sequence[int],
+                 backbone: Optional[Tuple[nn.Module, BackboneInfo]] = None) -> None:
+        super().__init__()
+        model, info = backbone if backbone is not None else load_backbone(config)
+        if info.architecture != config.backbone:
+            raise ValueError(f"backbone is {info.architecture}, config asks for {config.backbone}")
+        model = copy.deepcopy(model).float().cpu()
+        self.config = config
+        self.backbone_info = info
+        self.architecture = info.architecture
+        self.num_channels = C = int(num_channels)
+        self.resolutions = tuple(int(r) for r in resolutions)
+        self.N, self.M = info.N, info.M
+        adapt = config.adapt_heads
+
+        first = _encoder_input_layer(model.g_a[0], self.architecture, C, self.N, adapt)
+        head = _decoder_head(model.g_s[-1], self.architecture, C, self.N, config.head_bits, adapt)
+        self.g_a = nn.Sequential(first, *model.g_a[1:])
+        self.g_s = nn.Sequential(*model.g_s[:-1], head)
+        self.h_a, self.h_s = model.h_a, model.h_s
+        self.entropy_bottleneck = model.entropy_bottleneck
+        self.gaussian_conditional = model.gaussian_conditional
+        if self.architecture == "cheng2020-anchor":
+            self.context_prediction = model.context_prediction
+            self.entropy_parameters = model.entropy_parameters
+
+        vectors = []
+        for r in (self.resolutions if config.compensation else ()):
+            v = torch.zeros(3, C, r)
+            v[0] = COMPENSATION_INIT
+            vectors.append(nn.Parameter(v))
+        self.vectors = nn.ParameterList(vectors)
+
+        for p in list(self.g_s.parameters()) + list(self.h_s.parameters()):
+            p.requires_grad_(False)
+        for p in self.g_s_head.parameters():
+            p.requires_grad_(adapt)
+        for p in self.g_a[0].parameters():
+            p.requires_grad_(adapt)
+
+    # -- structure ---------------------------------------------------------------------------
+
+    @property
+    def g_s_head(self) -> QuantizedHead:
+        """The content-specific decoder head (last layer of ``g_s``)."""
+        return self.g_s[-1]  # type: ignore[return-value]
+
+    @property
+    def autoregressive(self) -> bool:
+        """True for cheng2020-anchor (context model on y)."""
+        return self.architecture == "cheng2020-anchor"
+
+    def parameter_groups(self, split_heads: bool = False) -> Dict[str, List[nn.Parameter]]:
+        """Trainable parameters, CompressAI's net/aux split: ``{"codec": [...], "codec_aux": [quantiles]}``.
+
+        ``split_heads=True`` moves the decoder head and the compensation vectors to ``"codec_heads"``
+        (the reference trains them with a larger learning rate than the rest).
+        """
+        aux = self.entropy_bottleneck.quantiles
+        heads = {id(p) for p in [*self.g_s_head.parameters(), *self.vectors]} if split_heads else set()
+        groups: Dict[str, List[nn.Parameter]] = {"codec": [], "codec_aux": [aux] if aux.requires_grad else []}
+        if split_heads:
+            groups["codec_heads"] = []
+        for p in self.parameters():
+            if p.requires_grad and p is not aux:
+                groups["codec_heads" if id(p) in heads else "codec"].append(p)
+        return groups
+
+    def frozen_parameters(self) -> List[nn.Parameter]:
+        """Parameters that never train (the frozen backbone parts)."""
+        return [p for p in self.parameters() if not p.requires_grad]
+
+    def aux_loss(self) -> Tensor:
+        """CompressAI auxiliary loss; trains only ``entropy_bottleneck.quantiles``."""
+        return self.entropy_bottleneck.loss()
+
+    # -- per-level pre/post-processing ----------------------------------------------------------
+
+    def _check_level(self, planes: Tensor, level: int) -> int:
+        if not 0 <= level < len(self.resolutions):
+            raise IndexError(f"level {level} out of range for {len(self.resolutions)} levels")
+        R = self.resolutions[level]
+        if tuple(planes.shape) != (3, self.num_channels, R, R):
+            raise ValueError(f"level {level} expects planes [3, {self.num_channels}, {R}, {R}], "
+                             f"got {list(planes.shape)}")
+        return R
+
+    @staticmethod
+    def _padding(R: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        from compressai.ops import compute_padding
+
+        return compute_padding(R, R, min_div=PAD_MULTIPLE)
+
+    @staticmethod
+    def _offset_span(lo16: Tensor, hi16: Tensor) -> Tuple[Tensor, Tensor]:
+        """``[3, C, 1, 1]`` offset and span (float32) of the normalisation from the float16 stats."""
+        lo, hi = lo16.float()[..., None, None], hi16.float()[..., None, None]
+        return lo, (hi - lo).clamp_min(1e-12)
+
+    def _normalize(self, planes: Tensor, lo16: Tensor, hi16: Tensor) -> Float[Tensor, "3 C H W"]:
+        """Map planes to [0, 1] with the float16 stats and zero-pad to multiples of 64."""
+        lo, span = self._offset_span(lo16, hi16)
+        return F.pad((planes.float() - lo) / span, self._padding(planes.shape[-1])[0])
+
+    def _denormalize(
+        self, x: Tensor, R: int, lo16: Tensor, hi16: Tensor, level: int
+    ) -> Float[Tensor, "3 C R R"]:
+        """Crop the padding, undo the normalisation and add the level's compensation."""
+        lo, span = self._offset_span(lo16, hi16)
+        x = F.pad(x, self._padding(R)[1]) * span + lo
+        return x + self.compensation(level) if self.config.compensation else x
+
+    def compensation(self, level: int) -> Float[Tensor, "3 C R R"]:
+        """Rank-1 correction of each plane from the level's fake-quantized vectors."""
+        v = fake_quantize(self.vectors[level], self.config.vector_bits, dims=(2,))
+        return torch.stack([v[b][:, :, None] * v[a][:, None, :] for a, b in PLANE_AXES])
+
+    # -- forward (training / evaluation) ----------------------------------------------------------
+
+    def forward(self, planes: Float[Tensor, "3 C R R"], level: int) -> CodecOutput:
+        """Code one level: additive-noise proxy in training mode, rounding in eval mode."""
+        R = self._check_level(planes, level)
+        lo16, hi16 = plane_stats(planes)
+        y = self.g_a(self._normalize(planes, lo16, hi16))
+        z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        params = self.h_s(z_hat)
+        if self.architecture == "bmshj2018-hyperprior":
+            y_hat, y_likelihoods = self.gaussian_conditional(y, params)
+        elif self.architecture == "mbt2018-mean":
+            scales, means = params.chunk(2, 1)
+            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        else:
+            y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
+            ctx = self.context_prediction(y_hat)
+            scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
+            _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        x_hat = self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+        likelihoods = {"y": y_likelihoods, "z": z_likelihoods}
+        return CodecOutput(x_hat, likelihoods, estimate_bits(likelihoods))
+
+    # -- entropy coding ---------------------------------------------------------------------------
+
+    def _transmitted_float16_modules(self) -> List[nn.Module]:
+        mods: List[nn.Module] = [self.entropy_bottleneck]
+        if self.autoregressive:
+            mods += [self.context_prediction, self.entropy_parameters]
+        return mods
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """Prepare for entropy coding: snap the parameters transmitted as float16 (entropy bottleneck,
+        cheng context model) to float16 values in place, then rebuild the CDF tables (CompressAI
+        ``update``). Returns True when the tables were rebuilt."""
+        from compressai.models.base import get_scale_table
+
+        for module in self._transmitted_float16_modules():
+            for p in module.parameters():
+                p.copy_(p.half().float())
+        updated = self.entropy_bottleneck.update(force=force)
+        updated |= self.gaussian_conditional.update_scale_table(get_scale_table(), force=force)
+        return updated
+
+    def _is_updated(self) -> bool:
+        return self.entropy_bottleneck._offset.numel() > 0 and self.gaussian_conditional._offset.numel() > 0
+
+    @torch.no_grad()
+    def compress(self, planes: Float[Tensor, "3 C R R"], level: int) -> CompressedLevel:
+        """Entropy-code one level (calls ``update(force=True)`` first, so tables match the parameters)."""
+        R = self._check_level(planes, level)
+        self.update(force=True)
+        lo16, hi16 = plane_stats(planes)
+        x = self._normalize(planes, lo16, hi16)
+        y = self.g_a(x)
+        z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        y_strings = self._compress_y(y, self.h_s(z_hat))
+        return CompressedLevel(y_strings, z_strings, tuple(z.shape[-2:]), tuple(x.shape[-2:]), R,
+                               lo16.cpu(), hi16.cpu())
+
+    @torch.no_grad()
+    def decompress(self, compressed: CompressedLevel, level: int) -> Float[Tensor, "3 C R R"]:
+        """Decode one level (compensation included) from :meth:`compress`'s output."""
+        R = compressed.resolution
+        if R != self.resolutions[level]:
+            raise ValueError(f"bitstream has R={R}, level {level} has R={self.resolutions[level]}")
+        if not self._is_updated():
+            self.update(force=True)
+        device = self.entropy_bottleneck.quantiles.device
+        z_hat = self.entropy_bottleneck.decompress(compressed.z_strings, compressed.z_shape)
+        y_hat = self._decompress_y(compressed.y_strings, self.h_s(z_hat))
+        lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
+        return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+
+    def _compress_y(self, y: Tensor, params: Tensor) -> List[bytes]:
+        gc = self.gaussian_conditional
+        if self.architecture == "bmshj2018-hyperprior":
+            return gc.compress(y, gc.build_indexes(params))
+        if self.architecture == "mbt2018-mean":
+            scales, means = params.chunk(2, 1)
+            return gc.compress(y, gc.build_indexes(scales), means=means)
+        from compressai.models import JointAutoregressiveHierarchicalPriors as AR
+
+        k, pad = 5, 2  # CompressAI's context kernel and padding
+        y_pad = F.pad(y, (pad, pad, pad, pad))
+        H, W = y.shape[-2:]
+        # CompressAI's raster-scan coder, run with this module as `self` (same attribute names)
+        return [
+            AR._compress_ar(self, y_pad[i : i + 1], params[i : i + 1], H, W, k, pad) for i in range(len(y))
+        ]
+
+    def _decompress_y(self, strings: List[bytes], params: Tensor) -> Tensor:
+        gc = self.gaussian_conditional
+        if self.architecture == "bmshj2018-hyperprior":
+            return gc.decompress(strings, gc.build_indexes(params), params.dtype)
+        if self.architecture == "mbt2018-mean":
+            scales, means = params.chunk(2, 1)
+            return gc.decompress(strings, gc.build_indexes(scales), means=means)
+        from compressai.models import JointAutoregressiveHierarchicalPriors as AR
+
+        k, pad = 5, 2
+        H, W = params.shape[-2:]
+        y_hat = params.new_zeros((len(strings), self.M, H + 2 * pad, W + 2 * pad))
+        for i, s in enumerate(strings):
+            # fills y_hat[i] in place
+            AR._decompress_ar(self, s, y_hat[i : i + 1], params[i : i + 1], H, W, k, pad)
+        return F.pad(y_hat, (-pad, -pad, -pad, -pad))
+
+    # -- decoder-side payload ------------------------------------------------------------------
+
+    def quantize_head(self) -> Tuple[Int8[Tensor, "..."], Tensor, Tensor]:
+        """Decoder head as ``(int8 weights, float32 per-output-channel scales, float32 bias)``."""
+        return self.g_s_head.quantize()
+
+    def load_quantized_head(self, ints: Tensor, scales: Tensor, bias: Tensor) -> None:
+        """Inverse of :meth:`quantize_head`: ``forward`` then uses exactly ``ints * scales``."""
+        self.g_s_head.load_quantized(ints, scales, bias)
+
+    def quantize_vectors(self, level: int) -> Tuple[Int8[Tensor, "3 C R"], Float[Tensor, "3 C"]]:
+        """Compensation vectors of a level as ``(int8 [3, C, R], float32 scales [3, C])``."""
+        ints, scale = quantize_int(self.vectors[level], self.config.vector_bits, dims=(2,))
+        return ints, scale[..., 0].clone()
+
+    @torch.no_grad()
+    def load_quantized_vectors(self, level: int, ints: Tensor, scales: Tensor) -> None:
+        """Inverse of :meth:`quantize_vectors`."""
+        v = self.vectors[level]
+        v.copy_(ints.to(v.device, torch.float32) * scales.to(v.device, torch.float32)[..., None])
+
+    def transmitted_state(self) -> Dict[str, Tensor]:
+        """Content-specific decoder-side tensors, exactly as they would be stored.
+
+        Keys: ``head.int8`` / ``head.scale`` / ``head.bias`` (only with ``adapt_heads``),
+        ``vectors.<level>.int8`` / ``vectors.<level>.scale`` (only with ``compensation``), and the
+        float16 parameters of ``entropy_bottleneck.*`` (and ``context_prediction.*`` — unmasked
+        weights only — and ``entropy_parameters.*`` for cheng2020). Call :meth:`update` first so the
+        float16 values are the ones the encoder used.
+        """
+        state: Dict[str, Tensor] = {}
+        if self.config.adapt_heads:
+            state["head.int8"], state["head.scale"], state["head.bias"] = self.quantize_head()
+        for level in range(len(self.vectors)):
+            state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"] = self.quantize_vectors(level)
+        for name, p in self.named_parameters():
+            if name.startswith(("entropy_bottleneck.", "entropy_parameters.")) or (
+                name.startswith("context_prediction.") and name != "context_prediction.weight"
+            ):
+                state[name] = p.detach().half().clone()
+        if self.autoregressive:
+            cp = self.context_prediction
+            state["context_prediction.weight"] = cp.weight.detach()[cp.mask.bool()].half().clone()
+        return state
+
+    @torch.no_grad()
+    def load_transmitted_state(self, state: Dict[str, Tensor]) -> None:
+        """Decoder side: load :meth:`transmitted_state` into a codec built from the same backbone,
+        then rebuild the CDF tables."""
+        if self.config.adapt_heads:
+            self.load_quantized_head(state["head.int8"], state["head.scale"], state["head.bias"])
+        for level in range(len(self.vectors)):
+            key = f"vectors.{level}"
+            self.load_quantized_vectors(level, state[f"{key}.int8"], state[f"{key}.scale"])
+        params = dict(self.named_parameters())
+        for name, value in state.items():
+            if name == "context_prediction.weight":
+                cp = self.context_prediction
+                cp.weight.zero_()
+                cp.weight[cp.mask.bool()] = value.float()
+            elif not name.startswith(("head.", "vectors.")):
+                params[name].copy_(value.float())
+        self.update(force=True)
+
+    def transmitted_sizes(self) -> Dict[str, int]:
+        """Bytes of each content-specific decoder-side part (the y/z strings are counted by
+        :meth:`CompressedLevel.num_bytes`).
+
+        Keys: ``head`` (int8 weights + float32 scales + float32 bias; 0 when the head is the frozen
+        tiled pretrained layer), ``vectors.<level>`` (int8 + float32 scales), ``norm_stats`` (float16
+        min and max per plane and channel, all levels), ``entropy_bottleneck`` (float16), and for
+        cheng2020 ``context_model`` (float16 ``context_prediction`` unmasked weights + bias and
+        ``entropy_parameters``).
+        """
+        nbytes = {k: v.numel() * v.element_size() for k, v in self.transmitted_state().items()}
+        sizes = {"head": sum(v for k, v in nbytes.items() if k.startswith("head."))}
+        for level in range(len(self.vectors)):
+            sizes[f"vectors.{level}"] = sum(v for k, v in nbytes.items() if k.startswith(f"vectors.{level}."))
+        sizes["norm_stats"] = len(self.resolutions) * 2 * 3 * self.num_channels * 2
+        sizes["entropy_bottleneck"] = sum(v for k, v in nbytes.items() if k.startswith("entropy_bottleneck."))
+        if self.autoregressive:
+            sizes["context_model"] = sum(
+                v for k, v in nbytes.items() if k.startswith(("context_prediction.", "entropy_parameters."))
+            )
+        return sizes
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """Resize the entropy models' CDF buffers to the checkpoint's shapes before loading (they
+        change shape on ``update()``; plain ``nn.Module`` loading would fail with a size mismatch)."""
+        from compressai.entropy_models import EntropyModel
+
+        for name, module in self.named_modules():
+            if isinstance(module, EntropyModel):
+                for buf_name in _DYNAMIC_BUFFERS:
+                    key, buf = f"{prefix}{name}.{buf_name}", getattr(module, buf_name, None)
+                    if buf is not None and key in state_dict and buf.shape != state_dict[key].shape:
+                        buf.resize_(state_dict[key].shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

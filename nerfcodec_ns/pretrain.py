@@ -1,0 +1,604 @@
+"""Pre-train a small CompressAI image codec (the frozen NeRFCodec backbone) on a folder of images.
+
+The result is a *backbone file*: ``torch.save`` of a dict holding only str/int/float/dict/tensor
+values, so it loads with ``torch.load(..., weights_only=True)``::
+
+    {
+        "format": "nerfcodec-backbone",
+        "version": 1,
+        "architecture": "bmshj2018-hyperprior" | "mbt2018-mean" | "cheng2020-anchor",
+        "N": int, "M": int,              # cheng2020-anchor has no M: it is stored as M = N
+        "state_dict": {name: tensor},    # after model.update(force=True): CDF buffers included
+        "meta": {"images": str, "num_images": int, "steps": int, "lmbda": float, "crop": int,
+                 "batch_size": int, "lr": float, "seed": int, "half": int, "final_loss": float,
+                 "final_bpp": float, "final_psnr": float, "torch": str, "compressai": str,
+                 "created": str},
+    }
+
+With ``half`` the *parameters* are stored as float16 and the entropy models' CDF tables are
+built from those float16-rounded weights, so a loaded model is exactly the saved one. Buffers
+keep their dtype: the integer CDF tables, and the small float constants (GDN's pedestal of
+2^-36 would underflow to 0 in float16).
+
+Training follows CompressAI's ``examples/train.py``: loss = lmbda * 255^2 * MSE + bpp, one Adam
+for the network and one for the entropy bottleneck's ``quantiles`` (aux loss), gradient
+clipping. Batches are a pure function of (seed, step), and the only other randomness (the
+quantisation noise) comes from torch's global CPU generator, whose state is checkpointed, so a
+resumed run is identical to an uninterrupted one.
+
+compressai is imported inside functions only (``import compressai`` takes about 2 s).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ARCHITECTURES",
+    "BACKBONE_FORMAT",
+    "BACKBONE_VERSION",
+    "IMAGE_SUFFIXES",
+    "PretrainConfig",
+    "PretrainError",
+    "PretrainResult",
+    "CropBatches",
+    "build_model",
+    "make_optimizers",
+    "rate_distortion",
+    "list_images",
+    "load_images",
+    "train_step",
+    "pretrain",
+    "checkpoint_path",
+    "save_backbone",
+    "load_backbone_file",
+    "evaluate",
+]
+
+Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
+ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
+BACKBONE_FORMAT = "nerfcodec-backbone"
+BACKBONE_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Every supported architecture downsamples by 2^4 (analysis) * 2^2 (hyper-analysis).
+DOWNSAMPLING = 64
+# Config fields that may differ between a checkpoint and the run that resumes it.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "num_workers", "half"}
+
+
+class PretrainError(ValueError):
+    """A problem with the user's input (paths, images, settings); the CLI prints it as one line."""
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one pre-training run."""
+
+    architecture: Architecture = "bmshj2018-hyperprior"
+    """CompressAI model: ScaleHyperprior(N, M), MeanScaleHyperprior(N, M) or Cheng2020Anchor(N)."""
+    N: int = 64
+    """Channels of the transforms."""
+    M: int = 96
+    """Channels of the latent y (ignored by cheng2020-anchor, whose latent has N channels)."""
+    steps: int = 5000
+    """Total training steps (a resumed run continues up to this number)."""
+    batch_size: int = 8
+    """Crops per step."""
+    crop: int = 128
+    """Side of the square random crops, a multiple of 64; smaller images are resized up (bicubic)."""
+    lmbda: float = 0.0130
+    """Rate-distortion trade-off, CompressAI's convention: loss = lmbda * 255^2 * MSE + bpp."""
+    lr: float = 1e-4
+    """Adam learning rate of the network."""
+    aux_lr: float = 1e-3
+    """Adam learning rate of the entropy bottleneck quantiles (aux loss)."""
+    clip_max_norm: float = 1.0
+    """Gradient-norm clipping of the network parameters (0 disables it)."""
+    seed: int = 0
+    """Seeds the initial weights, the crops/flips and the quantisation noise."""
+    checkpoint_every: int = 500
+    """Write the resumable checkpoint <output>.ckpt every this many steps (and always at the end)."""
+    num_workers: int = 0
+    """DataLoader processes cutting the crops (0: main process; images are in memory anyway)."""
+    half: bool = True
+    """Store the backbone's parameters as float16 (about half the file size)."""
+
+    def validate(self) -> None:
+        """Raise PretrainError naming the first bad field."""
+        if self.architecture not in ARCHITECTURES:
+            raise PretrainError(f"architecture must be one of {', '.join(ARCHITECTURES)}, "
+                                f"got {self.architecture!r}")
+        for name in ("N", "M", "steps", "batch_size", "crop", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise PretrainError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.crop % DOWNSAMPLING:
+            raise PretrainError(f"crop must be a multiple of {DOWNSAMPLING}, got {self.crop}")
+        for name in ("lmbda", "lr", "aux_lr"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise PretrainError(f"{name} must be a positive number, got {value}")
+        if not (math.isfinite(self.clip_max_norm) and self.clip_max_norm >= 0):
+            raise PretrainError(f"clip_max_norm must be >= 0, got {self.clip_max_norm}")
+        if self.num_workers < 0:
+            raise PretrainError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns."""
+
+    model: Any
+    """The trained model in full precision (train mode, CDF tables not built)."""
+    output: Path
+    """The backbone file that was written."""
+    checkpoint: Path
+    """The resumable checkpoint next to it."""
+    step: int
+    """Steps done in total."""
+    resumed_from: int
+    """Step the run started from (0 for a fresh run)."""
+    meta: Dict[str, Any] = field(default_factory=dict)
+    """The "meta" dict stored in the backbone file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def list_images(folder: Path) -> List[Path]:
+    """The png/jpg/jpeg files directly in ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise PretrainError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise PretrainError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PretrainError(f"no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def _read_rgb(path: Path, min_side: int = 0) -> torch.Tensor:
+    """One image as a uint8 tensor [3, H, W]; resized up (bicubic) if its shorter side < min_side."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            if min_side and min(w, h) < min_side:
+                scale = min_side / min(w, h)
+                size = (max(min_side, math.ceil(w * scale)), max(min_side, math.ceil(h * scale)))
+                img = img.resize(size, Image.BICUBIC)
+            arr = np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PretrainError(f"cannot read image {path}: {msg}") from err
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_images(folder: Path, min_side: int = 0) -> Tuple[List[str], List[torch.Tensor]]:
+    """Read every image of ``folder`` once: (file names, uint8 tensors [3, H, W])."""
+    files = list_images(folder)
+    return [p.name for p in files], [_read_rgb(p, min_side) for p in files]
+
+
+class CropBatches(torch.utils.data.Dataset):
+    """Item ``step`` is the float [0, 1] batch [B, 3, crop, crop] used at that step.
+
+    Each crop picks an image uniformly, a random position and random horizontal/vertical flips,
+    all drawn from a generator seeded with (seed, step): batches do not depend on what ran before,
+    which makes resuming exact and lets DataLoader workers cut them in any order.
+    """
+
+    def __init__(self, images: List[torch.Tensor], crop: int, batch_size: int, seed: int):
+        self.images, self.crop, self.batch_size, self.seed = images, crop, batch_size, seed
+
+    def __len__(self) -> int:  # only used by samplers; steps are unbounded
+        return 2**62
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step) + 1)
+        out = torch.empty(self.batch_size, 3, self.crop, self.crop, dtype=torch.uint8)
+        for b in range(self.batch_size):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            _, h, w = img.shape
+            top = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
+            left = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
+            patch = img[:, top:top + self.crop, left:left + self.crop]
+            flips = torch.rand(2, generator=gen)
+            if flips[0] < 0.5:
+                patch = patch.flip(-1)
+            if flips[1] < 0.5:
+                patch = patch.flip(-2)
+            out[b] = patch
+        return out.float().div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# model, training step
+
+
+def _import_compressai():
+    """``import compressai`` without its torch>=2.9 FutureWarning about torch.jit.script."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        import compressai
+        import compressai.models  # noqa: F401
+    return compressai
+
+
+def build_model(architecture: str, N: int, M: int):
+    """A fresh CompressAI model of the named architecture (random weights)."""
+    _import_compressai()
+    from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+
+    if architecture == "bmshj2018-hyperprior":
+        return ScaleHyperprior(int(N), int(M))
+    if architecture == "mbt2018-mean":
+        return MeanScaleHyperprior(int(N), int(M))
+    if architecture == "cheng2020-anchor":
+        return Cheng2020Anchor(int(N))
+    raise PretrainError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})")
+
+
+def _effective_M(architecture: str, N: int, M: int) -> int:
+    return int(N) if architecture == "cheng2020-anchor" else int(M)
+
+
+def _split_parameters(model) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
+    """CompressAI's split: (network parameters, entropy-bottleneck ``*.quantiles``)."""
+    named = sorted((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    net = [p for n, p in named if not n.endswith(".quantiles")]
+    aux = [p for n, p in named if n.endswith(".quantiles")]
+    return net, aux
+
+
+def make_optimizers(model, cfg: PretrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """(net Adam at cfg.lr, aux Adam at cfg.aux_lr)."""
+    net, aux = _split_parameters(model)
+    return torch.optim.Adam(net, lr=cfg.lr), torch.optim.Adam(aux, lr=cfg.aux_lr)
+
+
+def rate_distortion(out: Dict[str, Any], x: torch.Tensor, lmbda: float) -> Dict[str, torch.Tensor]:
+    """CompressAI's RateDistortionLoss: {"loss", "bpp", "mse"} for a forward output and target."""
+    n, _, h, w = x.shape
+    bits = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2))
+    bpp = bits / (n * h * w)
+    mse = F.mse_loss(out["x_hat"], x)
+    return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
+
+
+def train_step(model, net_opt, aux_opt, x: torch.Tensor, cfg: PretrainConfig) -> Dict[str, float]:
+    """One training step (net loss + aux loss); returns {"loss", "bpp", "mse", "psnr", "aux"}."""
+    model.train()
+    net_opt.zero_grad(set_to_none=True)
+    aux_opt.zero_grad(set_to_none=True)
+    terms = rate_distortion(model(x), x, cfg.lmbda)
+    terms["loss"].backward()
+    if cfg.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in net_opt.param_groups for p in g["params"]],
+                                       cfg.clip_max_norm)
+    net_opt.step()
+    aux = model.aux_loss()
+    aux.backward()
+    aux_opt.step()
+    mse = terms["mse"].item()
+    return {"loss": terms["loss"].item(), "bpp": terms["bpp"].item(), "mse": mse,
+            "psnr": _psnr(mse), "aux": aux.item()}
+
+
+def _psnr(mse: float) -> float:
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def checkpoint_path(output: Path) -> Path:
+    """The resumable checkpoint that belongs to backbone file ``output``: ``<output>.ckpt``."""
+    output = Path(output)
+    return output.with_name(output.name + ".ckpt")
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it is writable (a real probe: works as root too)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise PretrainError(f"output directory {folder} is not writable ({err.strerror or err})") from err
+
+
+def save_backbone(model, path: Path, architecture: str, N: int, M: int, meta: Dict[str, Any],
+                  half: bool = True) -> Dict[str, Any]:
+    """Write the backbone file atomically; the model itself is left untouched. Returns the dict saved.
+
+    A copy of the model gets float16-rounded parameters (if ``half``) and ``update(force=True)``,
+    so the stored CDF tables match the stored weights exactly.
+    """
+    model = copy.deepcopy(model).cpu().eval()
+    param_names = {n for n, _ in model.named_parameters()}
+    if half:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.is_floating_point():
+                    p.copy_(p.half().float())
+    model.update(force=True)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().clone()
+        if half and name in param_names and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[name] = tensor
+    obj = {
+        "format": BACKBONE_FORMAT,
+        "version": BACKBONE_VERSION,
+        "architecture": str(architecture),
+        "N": int(N),
+        "M": _effective_M(architecture, N, M),
+        "state_dict": state,
+        "meta": dict(meta),
+    }
+    _atomic_save(obj, Path(path))
+    return obj
+
+
+def load_backbone_file(path: Path):
+    """Load a backbone file: (model in eval mode, float32, CDF tables ready; meta).
+
+    The returned meta is the stored "meta" dict plus "architecture", "N" and "M".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainError(f"backbone file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors of every kind
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PretrainError(f"cannot read backbone file {path}: {msg}") from err
+    if not isinstance(obj, dict) or obj.get("format") != BACKBONE_FORMAT:
+        raise PretrainError(f"{path} is not a {BACKBONE_FORMAT} file")
+    if obj.get("version") != BACKBONE_VERSION:
+        raise PretrainError(f"{path} has {BACKBONE_FORMAT} version {obj.get('version')}, "
+                            f"this code reads version {BACKBONE_VERSION}")
+    model = build_model(obj["architecture"], obj["N"], obj["M"])
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj["state_dict"].items()}
+    # CompressionModel.load_state_dict (compressai 1.2.8, models/base.py) first resizes the
+    # entropy models' empty CDF buffers to the stored shapes (update_registered_buffers).
+    model.load_state_dict(state)
+    model.eval()
+    meta = dict(obj.get("meta", {}))
+    meta.update(architecture=obj["architecture"], N=int(obj["N"]), M=int(obj["M"]))
+    return model, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _progress(console=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def _load_checkpoint(ckpt: Path, cfg: PretrainConfig, image_names: List[str]) -> Dict[str, Any]:
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PretrainError(f"cannot read checkpoint {ckpt}: {msg}") from err
+    if not isinstance(state, dict) or state.get("format") != "nerfcodec-pretrain-ckpt":
+        raise PretrainError(f"{ckpt} is not a pretrain-codec checkpoint")
+    old = state["config"]
+    changed = [k for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and old.get(k) != v]
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise PretrainError(f"cannot resume {ckpt}: settings differ from the checkpoint ({diffs})")
+    if list(state["image_names"]) != list(image_names):
+        raise PretrainError(f"cannot resume {ckpt}: the image folder's files differ from the ones it was "
+                            f"trained on ({len(state['image_names'])} then, {len(image_names)} now)")
+    if int(state["step"]) > cfg.steps:
+        raise PretrainError(f"cannot resume {ckpt}: it is already at step {state['step']} "
+                            f"> --steps {cfg.steps}")
+    return state
+
+
+def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *, resume: bool = False,
+             overwrite: bool = False, progress: bool = True, console=None) -> PretrainResult:
+    """Train a backbone on the images of ``images`` and write it to ``output``.
+
+    ``<output>.ckpt`` (model, both optimizers, step, RNG state, config) is written every
+    ``cfg.checkpoint_every`` steps and at the end. If it exists: ``resume`` continues from it
+    (same settings required, except steps/checkpoint_every/num_workers/half), ``overwrite``
+    deletes it and starts again, neither is an error. An existing ``output`` is only replaced
+    with ``overwrite``. Raises PretrainError for user errors, before any training.
+    torch's global RNG state is restored on return.
+    """
+    cfg = cfg or PretrainConfig()
+    cfg.validate()
+    images, output = Path(images), Path(output)
+    ckpt = checkpoint_path(output)
+
+    # All checks that can fail on the user's input come before the (long) training.
+    if output.is_dir():
+        raise PretrainError(f"output {output} is a folder; give a file name such as {output / 'backbone.pt'}")
+    if output.exists() and not overwrite:
+        extra = " with the resumed run" if resume else ""
+        raise PretrainError(f"output {output} exists; pass --overwrite to replace it{extra}")
+    if ckpt.exists() and not (resume or overwrite):
+        raise PretrainError(f"checkpoint {ckpt} exists; pass --resume to continue it "
+                            f"or --overwrite to start again")
+    if resume and not ckpt.exists():
+        raise PretrainError(f"--resume given but there is no checkpoint {ckpt}")
+    names, pixels = load_images(images, min_side=cfg.crop)
+    state = _load_checkpoint(ckpt, cfg, names) if resume else None
+    _check_writable_dir(output.parent)
+    if not resume and ckpt.exists():
+        ckpt.unlink()  # --overwrite: a stale checkpoint must not be resumed later by mistake
+
+    compressai = _import_compressai()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.architecture, cfg.N, cfg.M)
+        net_opt, aux_opt = make_optimizers(model, cfg)
+        step = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            net_opt.load_state_dict(state["net_optimizer"])
+            aux_opt.load_state_dict(state["aux_optimizer"])
+            torch.set_rng_state(state["rng_state"])
+            step = int(state["step"])
+        start = step
+        ema: Dict[str, float] = dict(state["stats"]) if state is not None and state.get("stats") else {}
+
+        def write_checkpoint() -> None:
+            _atomic_save({
+                "format": "nerfcodec-pretrain-ckpt", "step": step, "config": asdict(cfg),
+                "image_names": names, "model": model.state_dict(),
+                "net_optimizer": net_opt.state_dict(), "aux_optimizer": aux_opt.state_dict(),
+                "rng_state": torch.get_rng_state(), "stats": dict(ema),
+            }, ckpt)
+
+        batches = CropBatches(pixels, cfg.crop, cfg.batch_size, cfg.seed)
+        if cfg.num_workers > 0:
+            loader = iter(torch.utils.data.DataLoader(
+                batches, sampler=range(step, cfg.steps), batch_size=None, num_workers=cfg.num_workers))
+        else:
+            loader = (batches[s] for s in range(step, cfg.steps))
+        bar = _progress(console) if progress else None
+        task = None
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("pretrain-codec", total=cfg.steps, completed=step, stats="")
+        try:
+            for x in loader:
+                stats = train_step(model, net_opt, aux_opt, x, cfg)
+                if not math.isfinite(stats["loss"]):
+                    last = f"; {ckpt} holds the last good state" if ckpt.exists() else ""
+                    raise PretrainError(f"the loss became {stats['loss']} at step {step + 1}; "
+                                        f"try a smaller --lr{last}")
+                step += 1
+                for k in ("loss", "bpp", "psnr"):
+                    ema[k] = stats[k] if k not in ema else 0.95 * ema[k] + 0.05 * stats[k]
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    write_checkpoint()
+                if bar is not None:
+                    bar.update(task, completed=step, stats=(
+                        f"loss {ema['loss']:.3f}  bpp {ema['bpp']:.3f}  PSNR {ema['psnr']:.2f} dB"))
+        finally:
+            if bar is not None:
+                bar.stop()
+
+    meta = {
+        "images": str(images.resolve()),
+        "num_images": len(names),
+        "steps": int(step),
+        "lmbda": float(cfg.lmbda),
+        "crop": int(cfg.crop),
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+        "seed": int(cfg.seed),
+        "half": int(cfg.half),
+        "final_loss": float(ema.get("loss", float("nan"))),
+        "final_bpp": float(ema.get("bpp", float("nan"))),
+        "final_psnr": float(ema.get("psnr", float("nan"))),
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+        "compressai": str(compressai.__version__),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_backbone(model, output, cfg.architecture, cfg.N, cfg.M, meta, half=cfg.half)
+    return PretrainResult(model=model, output=output, checkpoint=ckpt, step=step, resumed_from=start,
+                          meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model, images: Path, progress: bool = False, console=None) -> Dict[str, Any]:
+    """Code every image of ``images`` (full size) with the real entropy coder.
+
+    Each image is zero-padded (centred, ``compressai.ops.compute_padding``) to a multiple of 64,
+    compressed, decompressed and cropped back. Returns ``{"rows": [...], "mean": {...}}``; a row
+    has name, width, height, bytes, bpp (real: 8 * bytes of all strings / original pixels),
+    bpp_est (from the eval-mode likelihoods, same pixel count), psnr (dB, decoded vs original,
+    both in [0, 1]), psnr_est (eval-mode forward) and encode_s/decode_s. The model needs its
+    CDF tables (``update()``), as a loaded backbone has.
+    """
+    from compressai.ops import compute_padding
+
+    files = list_images(images)
+    model.eval()
+    rows = []
+    bar = _progress(console) if progress else None
+    task = bar.add_task("eval-codec", total=len(files), stats="") if bar is not None else None
+    if bar is not None:
+        bar.start()
+    try:
+        for path in files:
+            x = _read_rgb(path).float().div_(255.0).unsqueeze(0)
+            h, w = x.shape[-2:]
+            pad, unpad = compute_padding(h, w, min_div=DOWNSAMPLING)
+            xp = F.pad(x, pad, mode="constant", value=0)
+            out = model(xp)
+            est_bits = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2))
+            x_est = F.pad(out["x_hat"], unpad).clamp(0, 1)
+            t0 = time.perf_counter()
+            enc = model.compress(xp)
+            t1 = time.perf_counter()
+            dec = model.decompress(enc["strings"], enc["shape"])
+            t2 = time.perf_counter()
+            x_hat = F.pad(dec["x_hat"], unpad).clamp(0, 1)
+            nbytes = sum(len(s) for strings in enc["strings"] for s in strings)
+            rows.append({
+                "name": path.name, "width": int(w), "height": int(h), "bytes": int(nbytes),
+                "bpp": 8.0 * nbytes / (h * w), "bpp_est": float(est_bits) / (h * w),
+                "psnr": _psnr(float(F.mse_loss(x_hat, x))), "psnr_est": _psnr(float(F.mse_loss(x_est, x))),
+                "encode_s": t1 - t0, "decode_s": t2 - t1,
+            })
+            if bar is not None:
+                bar.update(task, advance=1, stats=f"{path.name}: {rows[-1]['psnr']:.2f} dB "
+                                                  f"{rows[-1]['bpp']:.3f} bpp")
+    finally:
+        if bar is not None:
+            bar.stop()
+    keys = ("bytes", "bpp", "bpp_est", "psnr", "psnr_est", "encode_s", "decode_s")
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    mean["images"] = len(rows)
+    return {"rows": rows, "mean": mean}

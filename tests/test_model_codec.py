@@ -1,0 +1,123 @@
+"""The codec inside the nerfstudio model: stages, losses, which parameters each stage trains, decoded rendering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from nerfcodec_ns.codec import CodecConfig
+from nerfcodec_ns.model import NerfcodecModelConfig
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    cfg = NerfcodecModelConfig(
+        plane_resolutions=(16, 24), plane_channels=4, grid_resolution=16,
+        codec=CodecConfig(weights="random", N=16, M=24), codec_field_steps=5, codec_warmup_steps=5,
+        lpips="off", **overrides,
+    )
+    box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+    model = cfg.setup(scene_box=box, num_train_data=4)
+    model.sampler.estimator.binaries.fill_(True)
+    return model
+
+
+def _batch(n=64):
+    g = torch.Generator().manual_seed(1)
+    origins = torch.tensor([0.0, 0.0, -4.0]).expand(n, 3) + 0.3 * torch.randn(n, 3, generator=g)
+    dirs = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, 1.0]) + 0.2 * torch.randn(n, 3, generator=g), dim=-1)
+    bundle = RayBundle(origins=origins, directions=dirs, pixel_area=torch.ones(n, 1), camera_indices=torch.zeros(n, 1, dtype=torch.long))
+    return bundle, {"image": torch.rand(n, 3, generator=g)}
+
+
+def _losses(model, stage):
+    model.train()
+    model.codec_stage.fill_(stage)
+    model.zero_grad(set_to_none=True)
+    bundle, batch = _batch()
+    outputs = model.get_outputs(bundle)
+    metrics = model.get_metrics_dict(outputs, batch)
+    losses = model.get_loss_dict(outputs, batch, metrics)
+    sum(losses.values()).backward()
+    return losses, metrics
+
+
+def _has_grad(params):
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_stage_schedule_follows_the_step():
+    model = _model()
+    assert [model.stage_at(s) for s in (0, 4, 5, 9, 10, 1000)] == [0, 0, 1, 1, 2, 2]
+    assert _model(codec_enabled=False).stage_at(1000) == 0
+
+
+def test_field_stage_trains_the_field_only():
+    model = _model()
+    losses, _ = _losses(model, 0)
+    assert set(losses) == {"rgb_loss"}
+    assert _has_grad(model.field.planes)
+    assert not _has_grad(model.codec.parameters())
+
+
+def test_warmup_trains_the_codec_on_frozen_planes():
+    model = _model()
+    losses, metrics = _losses(model, 1)
+    assert {"rgb_loss", "codec_rate", "codec_aux", "codec_rec"} <= set(losses)
+    assert not _has_grad(model.field.planes), "planes are frozen during the codec warm-up"
+    assert _has_grad(model.codec.g_a.parameters()) and _has_grad(model.codec.g_s_head.parameters())
+    assert _has_grad(model.field.mlp_parameters())
+    assert metrics["codec_y_bytes"] > 0 and metrics["size_total_bytes"] > metrics["codec_y_bytes"]
+
+
+def test_joint_stage_renders_decoded_planes_and_trains_everything_but_the_frozen_backbone():
+    model = _model()
+    losses, metrics = _losses(model, 2)
+    assert "codec_rec" not in losses and {"codec_rate", "codec_aux"} <= set(losses)
+    assert _has_grad(model.field.planes), "rendering loss reaches the planes through the codec"
+    assert _has_grad(model.codec.g_a.parameters()) and _has_grad(model.codec.g_s_head.parameters())
+    assert _has_grad(model.codec.vectors)
+    assert all(p.grad is None for p in model.codec.frozen_parameters())
+    expected = {"size_head_bytes", "size_vectors_0_bytes", "size_vectors_1_bytes", "size_norm_stats_bytes",
+                "size_entropy_bottleneck_bytes", "size_mlp_bytes", "size_total_bytes"}
+    assert expected <= set(metrics)
+    parts = sum(float(v) for k, v in metrics.items() if k.startswith("size_") and k != "size_total_bytes")
+    total = float(metrics["codec_y_bytes"] + metrics["codec_z_bytes"]) + parts
+    assert float(metrics["size_total_bytes"]) == pytest.approx(total)
+
+
+def test_param_groups_cover_trainable_parameters_once_and_no_frozen_ones():
+    model = _model()
+    groups = model.get_param_groups()
+    assert set(groups) == {"fields", "planes", "codec", "codec_heads", "codec_aux"}
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert len(ids) == len(set(ids))
+    frozen = {id(p) for p in model.codec.frozen_parameters()}
+    assert frozen and not frozen & set(ids)
+    trainable = {id(p) for n, p in model.named_parameters() if p.requires_grad and n != "device_indicator_param"}
+    assert trainable == set(ids)
+
+
+def test_eval_renders_decoded_planes_cached_until_parameters_change():
+    model = _model()
+    model.eval()
+    assert model.render_planes() is None, "before the joint stage the field's own planes are rendered"
+    model.codec_stage.fill_(2)
+    first = model.render_planes()
+    assert first is not None and model.render_planes() is first
+    raw = model.field.plane_list()
+    assert all(d.shape == p.shape for d, p in zip(first, raw))
+    assert not all(torch.equal(d, p) for d, p in zip(first, raw))
+    with torch.no_grad():
+        model.field.planes[0].add_(0.01)
+    assert model.render_planes() is not first
+
+
+def test_codec_disabled_has_no_codec_parameters():
+    model = _model(codec_enabled=False)
+    assert model.codec is None and set(model.get_param_groups()) == {"fields", "planes"}
+    losses, _ = _losses(model, 0)
+    assert set(losses) == {"rgb_loss"}
