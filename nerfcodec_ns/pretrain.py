@@ -64,10 +64,8 @@ __all__ = [
     "evaluate",
 ]
 
-Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
-ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
-BACKBONE_FORMAT = "nerfcodec-backbone"
-BACKBONE_VERSION = 1
+from nerfcodec_ns.codec import ARCHITECTURES, BACKBONE_FORMAT, BACKBONE_VERSION, Architecture
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Every supported architecture downsamples by 2^4 (analysis) * 2^2 (hyper-analysis).
 DOWNSAMPLING = 64
@@ -338,37 +336,14 @@ def _check_writable_dir(folder: Path) -> None:
 
 
 def save_backbone(model, path: Path, architecture: str, N: int, M: int, meta: Dict[str, Any],
-                  half: bool = True) -> Dict[str, Any]:
-    """Write the backbone file atomically; the model itself is left untouched. Returns the dict saved.
+                  half: bool = True) -> Path:
+    """Write the backbone file atomically (:func:`nerfcodec_ns.codec.save_backbone_file`), parameters
+    as float16 when ``half``; the model itself is left untouched."""
+    from nerfcodec_ns.codec import save_backbone_file
 
-    A copy of the model gets float16-rounded parameters (if ``half``) and ``update(force=True)``,
-    so the stored CDF tables match the stored weights exactly.
-    """
-    model = copy.deepcopy(model).cpu().eval()
-    param_names = {n for n, _ in model.named_parameters()}
-    if half:
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.is_floating_point():
-                    p.copy_(p.half().float())
-    model.update(force=True)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().clone()
-        if half and name in param_names and tensor.is_floating_point():
-            tensor = tensor.half()
-        state[name] = tensor
-    obj = {
-        "format": BACKBONE_FORMAT,
-        "version": BACKBONE_VERSION,
-        "architecture": str(architecture),
-        "N": int(N),
-        "M": _effective_M(architecture, N, M),
-        "state_dict": state,
-        "meta": dict(meta),
-    }
-    _atomic_save(obj, Path(path))
-    return obj
+    dtype = torch.float16 if half else torch.float32
+    return save_backbone_file(model, architecture, int(N), _effective_M(architecture, N, M), Path(path),
+                              meta=dict(meta), dtype=dtype)
 
 
 def load_backbone_file(path: Path):
@@ -376,24 +351,17 @@ def load_backbone_file(path: Path):
 
     The returned meta is the stored "meta" dict plus "architecture", "N" and "M".
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainError(f"backbone file {path} does not exist")
+    from nerfcodec_ns.codec import read_backbone_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of every kind
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PretrainError(f"cannot read backbone file {path}: {msg}") from err
-    if not isinstance(obj, dict) or obj.get("format") != BACKBONE_FORMAT:
-        raise PretrainError(f"{path} is not a {BACKBONE_FORMAT} file")
-    if obj.get("version") != BACKBONE_VERSION:
-        raise PretrainError(f"{path} has {BACKBONE_FORMAT} version {obj.get('version')}, "
-                            f"this code reads version {BACKBONE_VERSION}")
+        obj = read_backbone_file(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise PretrainError(str(err).splitlines()[0]) from err
     model = build_model(obj["architecture"], obj["N"], obj["M"])
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in obj["state_dict"].items()}
     # CompressionModel.load_state_dict (compressai 1.2.8, models/base.py) first resizes the
-    # entropy models' empty CDF buffers to the stored shapes (update_registered_buffers).
-    model.load_state_dict(state)
+    # entropy models' CDF buffers to the stored shapes (update_registered_buffers).
+    model.load_state_dict(obj["state_dict"])
+    model.update(force=True)
     model.eval()
     meta = dict(obj.get("meta", {}))
     meta.update(architecture=obj["architecture"], N=int(obj["N"]), M=int(obj["M"]))

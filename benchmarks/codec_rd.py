@@ -1,0 +1,240 @@
+"""Rate-distortion of the NeRFCodec plane codec on one trained field, with ablations.
+
+Starts every run from the SAME trained base field (a `nerfcodec` run with the codec off, e.g. the
+one `benchmarks/quality_cpu.py` leaves in outputs/quality_cpu), then runs the codec stages of
+`ns-train nerfcodec` (warm-up on the frozen planes, joint rate-distortion training) for each
+setting, and measures on the val split:
+
+* PSNR of the uncompressed base field (once);
+* for each setting: PSNR rendered from the DECODED planes (latents rounded, as the receiver gets
+  them) and the transmitted size: the real entropy-coded y/z strings of every level (CompressAI's
+  rANS coder) plus every other transmitted part (8-bit decoder head, 8-bit compensation vectors,
+  float16 normalisation stats, float16 entropy-bottleneck parameters, float16 MLPs).
+
+    python benchmarks/codec_rd.py --base outputs/quality_cpu --lambdas 1e-5 4e-5 1.6e-4 \
+        --out docs/bench/codec_rd_lego200.json
+
+Ablations (at --ablation-lambda): random backbone, no feature compensation, frozen pre-trained heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import tyro
+
+
+@dataclass
+class Args:
+    base: Path = Path("outputs/quality_cpu")
+    """Folder holding the base-field run (its newest config.yml below it is used)."""
+    lambdas: Tuple[float, ...] = (1e-5, 4e-5, 1.6e-4)
+    """Rate weights (per kilobyte of latent) of the main rate-distortion points."""
+    ablation_lambda: Optional[float] = None
+    """Lambda of the ablation runs (default: the middle of --lambdas)."""
+    ablations: Tuple[str, ...] = ("random-backbone", "no-compensation", "frozen-heads")
+    """Which ablations to run (empty: none)."""
+    weights: str = "embedded"
+    """Backbone weights of the main runs ("embedded", "zoo" or a file)."""
+    warmup_steps: int = 100
+    """Codec warm-up steps on the frozen planes."""
+    joint_steps: int = 300
+    """Joint rate-distortion steps."""
+    planes_lr: float = 2e-3
+    """Learning rate of the planes in the codec stages (the reference uses 2e-3)."""
+    fields_lr: float = 5e-4
+    """Learning rate of the MLPs in the codec stages."""
+    eval_images: int = 0
+    """Val images to evaluate, evenly spaced (0: all)."""
+    out: Path = Path("docs/bench/codec_rd_lego200.json")
+    """Where to write the results (rewritten after every run, so partial results survive)."""
+    only: List[str] = field(default_factory=list)
+    """Run only these settings (names as in the output, e.g. "main@4e-05")."""
+
+
+def _base_config(base: Path) -> Path:
+    configs = sorted(base.rglob("config.yml"), key=lambda p: p.stat().st_mtime)
+    if not configs:
+        raise SystemExit(f"no config.yml under {base}: run benchmarks/quality_cpu.py first")
+    return configs[-1]
+
+
+def _load_base(config_path: Path):
+    """The base run's TrainerConfig and its newest checkpoint's pipeline state."""
+    import torch
+    import yaml
+
+    import nerfcodec_ns  # noqa: F401  (safe globals for the checkpoint)
+
+    cfg = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    ckpt_dir = config_path.parent / "nerfstudio_models"
+    ckpt = sorted(ckpt_dir.glob("step-*.ckpt"))[-1]
+    state = torch.load(ckpt, map_location="cpu")
+    return cfg, state["pipeline"], int(state["step"])
+
+
+def load_field(model, pipeline_state: Dict) -> None:
+    """Load the base field (planes, MLPs, occupancy grid) into a model; only codec entries may be missing."""
+    state = {k[len("_model."):]: v for k, v in pipeline_state.items() if k.startswith("_model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not (k.startswith("codec.") or k == "codec_stage")] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"base checkpoint does not match the model: {bad[:5]}")
+
+
+def _eval_indices(n_total: int, n: int) -> List[int]:
+    if n <= 0 or n >= n_total:
+        return list(range(n_total))
+    return [round(i * (n_total - 1) / (n - 1)) for i in range(n)]
+
+
+def evaluate(pipeline, indices: List[int]) -> float:
+    """Mean PSNR (dB) over the given val images, rendered by the model as it is (eval mode)."""
+    import torch
+
+    from nerfcodec_ns.metrics import psnr
+
+    model = pipeline.model
+    model.eval()
+    ds = pipeline.datamanager.eval_dataset
+    vals = []
+    with torch.no_grad():
+        for i in indices:
+            camera = ds.cameras[i : i + 1].to(pipeline.device)
+            rgb = model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
+            gt = ds.get_image_float32(i)[..., :3].to(rgb.device)
+            vals.append(float(psnr(rgb, gt)))
+    return sum(vals) / len(vals)
+
+
+def measure_size(model) -> Dict[str, float]:
+    """Real coded bytes of every level's y/z strings plus the other transmitted parts; also checks that
+    the decoder's planes (decompress) equal what evaluation rendered."""
+    import torch
+
+    codec = model.codec
+    latent = 0
+    max_err = 0.0
+    rendered = model.render_planes()
+    with torch.no_grad():
+        for level, planes in enumerate(model.field.plane_list()):
+            compressed = codec.compress(planes, level)
+            latent += compressed.num_bytes()
+            decoded = codec.decompress(compressed, level)
+            max_err = max(max_err, float((decoded - rendered[level]).abs().max()))
+    parts = model.transmitted_sizes()
+    return {"latent_bytes": latent, "other_bytes": sum(parts.values()), "parts": parts,
+            "total_bytes": latent + sum(parts.values()), "decode_vs_render_max_abs": max_err}
+
+
+def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Dict, lmbda: float, indices) -> Dict:
+    import torch
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+    from nerfstudio.engine.optimizers import AdamOptimizerConfig
+
+    from nerfcodec_ns.codec import CodecConfig
+
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(base_cfg)
+    cfg.pipeline.model.codec_enabled = True
+    cfg.pipeline.model.codec = CodecConfig(**{"weights": args.weights, **codec_overrides})
+    cfg.pipeline.model.codec_field_steps = 0
+    cfg.pipeline.model.codec_warmup_steps = args.warmup_steps
+    cfg.pipeline.model.codec_lambda = lmbda
+    cfg.pipeline.model.occ_warmup_steps = 0  # the grid comes from the base field
+    cfg.optimizers["planes"] = {"optimizer": AdamOptimizerConfig(lr=args.planes_lr, eps=1e-15), "scheduler": None}
+    cfg.optimizers["fields"] = {"optimizer": AdamOptimizerConfig(lr=args.fields_lr, eps=1e-15), "scheduler": None}
+    cfg.output_dir = Path(tempfile.mkdtemp(prefix="codec_rd_"))
+    cfg.vis = "tensorboard"
+    cfg.load_dir = None
+    cfg.set_timestamp()
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model = trainer.pipeline.model
+    load_field(model, base_state)
+    steps = args.warmup_steps + args.joint_steps
+    t0 = time.perf_counter()
+    t_joint = None
+    log = []
+    for step in range(steps):
+        if step == args.warmup_steps:
+            t_joint = time.perf_counter()
+        trainer.pipeline.train()
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
+        _, _, metrics = trainer.train_iteration(step)
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+        if step % 50 == 0 or step == steps - 1:
+            log.append({"step": step, "stage": int(model.codec_stage), "train_psnr": round(float(metrics["psnr"]), 2),
+                        "est_total_bytes": round(float(metrics.get("size_total_bytes", float("nan"))))})
+            print(name, log[-1], flush=True)
+    t_end = time.perf_counter()
+    psnr_decoded = evaluate(trainer.pipeline, indices)
+    size = measure_size(model)
+    result = {
+        "name": name, "lambda": lmbda, "codec": {"weights": args.weights, **codec_overrides},
+        "val_psnr_decoded": round(psnr_decoded, 3), **size,
+        "warmup_s_per_step": round((t_joint - t0) / max(1, args.warmup_steps), 3),
+        "joint_s_per_step": round((t_end - t_joint) / max(1, args.joint_steps), 3),
+        "train_log": log,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "train_log"}), flush=True)
+    return result
+
+
+def main(args: Args) -> Dict:
+    import torch
+
+    config_path = _base_config(args.base)
+    base_cfg, base_state, base_step = _load_base(config_path)
+    print(f"base field: {config_path} (step {base_step})", flush=True)
+
+    # uncompressed reference, same images
+    torch.manual_seed(0)
+    cfg0 = copy.deepcopy(base_cfg)
+    cfg0.pipeline.model.codec_enabled = False
+    pipeline0 = cfg0.pipeline.setup(device="cpu", test_mode="val")
+    load_field(pipeline0.model, base_state)
+    indices = _eval_indices(len(pipeline0.datamanager.eval_dataset), args.eval_images)
+    psnr_base = evaluate(pipeline0, indices)
+    planes_bytes = sum(p.numel() * 4 for p in pipeline0.model.field.plane_list())
+    print(f"uncompressed val PSNR {psnr_base:.3f} dB over {len(indices)} images, planes {planes_bytes} B", flush=True)
+    del pipeline0
+
+    mid = args.ablation_lambda if args.ablation_lambda is not None else sorted(args.lambdas)[len(args.lambdas) // 2]
+    settings = [(f"main@{lm:g}", {}, lm) for lm in args.lambdas]
+    variants = {"random-backbone": {"weights": "random"}, "no-compensation": {"compensation": False},
+                "frozen-heads": {"adapt_heads": False}}
+    settings += [(f"{a}@{mid:g}", variants[a], mid) for a in args.ablations]
+    if args.only:
+        settings = [s for s in settings if s[0] in args.only]
+
+    result: Dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device cpu",
+        "base_config": str(config_path), "base_step": base_step, "split": "val", "num_eval_images": len(indices),
+        "val_psnr_uncompressed": round(psnr_base, 3), "planes_float32_bytes": planes_bytes,
+        "warmup_steps": args.warmup_steps, "joint_steps": args.joint_steps, "runs": [],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, overrides, lm in settings:
+        res = run_setting(args, name, base_cfg, base_state, overrides, lm, indices)
+        res["ratio_vs_planes"] = round(planes_bytes / res["total_bytes"], 1)
+        res["psnr_drop_db"] = round(psnr_base - res["val_psnr_decoded"], 3)
+        result["runs"].append(res)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
