@@ -52,6 +52,10 @@ class Args:
     """Learning rate of the planes in the codec stages (the reference uses 2e-3)."""
     fields_lr: float = 5e-4
     """Learning rate of the MLPs in the codec stages."""
+    codec_lr: float = 1e-4
+    """Learning rate of the encoder, h_a and entropy bottleneck."""
+    heads_lr: float = 1e-3
+    """Learning rate of the decoder head and the compensation vectors."""
     eval_images: int = 0
     """Val images to evaluate, evenly spaced (0: all)."""
     out: Path = Path("docs/bench/codec_rd_lego200.json")
@@ -152,6 +156,8 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
     cfg.pipeline.model.occ_warmup_steps = 0  # the grid comes from the base field
     cfg.optimizers["planes"] = {"optimizer": AdamOptimizerConfig(lr=args.planes_lr, eps=1e-15), "scheduler": None}
     cfg.optimizers["fields"] = {"optimizer": AdamOptimizerConfig(lr=args.fields_lr, eps=1e-15), "scheduler": None}
+    cfg.optimizers["codec"] = {"optimizer": AdamOptimizerConfig(lr=args.codec_lr, eps=1e-15), "scheduler": None}
+    cfg.optimizers["codec_heads"] = {"optimizer": AdamOptimizerConfig(lr=args.heads_lr, eps=1e-15), "scheduler": None}
     cfg.output_dir = Path(tempfile.mkdtemp(prefix="codec_rd_"))
     cfg.vis = "tensorboard"
     cfg.load_dir = None
@@ -170,11 +176,12 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
         trainer.pipeline.train()
         for cb in trainer.callbacks:
             cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
-        _, _, metrics = trainer.train_iteration(step)
+        _, loss_dict, metrics = trainer.train_iteration(step)
         for cb in trainer.callbacks:
             cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
-        if step % 50 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == steps - 1:
             log.append({"step": step, "stage": int(model.codec_stage), "train_psnr": round(float(metrics["psnr"]), 2),
+                        "rec_loss": round(float(loss_dict.get("codec_rec", float("nan"))), 5),
                         "est_total_bytes": round(float(metrics.get("size_total_bytes", float("nan"))))})
             print(name, log[-1], flush=True)
     t_end = time.perf_counter()
@@ -222,7 +229,9 @@ def main(args: Args) -> Dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device cpu",
         "base_config": str(config_path), "base_step": base_step, "split": "val", "num_eval_images": len(indices),
         "val_psnr_uncompressed": round(psnr_base, 3), "planes_float32_bytes": planes_bytes,
-        "warmup_steps": args.warmup_steps, "joint_steps": args.joint_steps, "runs": [],
+        "warmup_steps": args.warmup_steps, "joint_steps": args.joint_steps,
+        "lr": {"planes": args.planes_lr, "fields": args.fields_lr, "codec": args.codec_lr, "heads": args.heads_lr},
+        "runs": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, overrides, lm in settings:

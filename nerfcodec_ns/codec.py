@@ -199,6 +199,9 @@ def save_backbone_file(
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a shipped backbone must be readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -214,7 +217,8 @@ def read_backbone_file(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors: not a torch file we can read safely
-        raise ValueError(f"{path} is not a readable nerfcodec backbone file: {err}") from err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ValueError(f"{path} is not a readable nerfcodec backbone file ({first})") from err
     if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(

@@ -78,6 +78,7 @@ def save_comparison(pipeline, out_png: Path) -> None:
     from PIL import Image
 
     dm = pipeline.datamanager
+    pipeline.eval()  # nerfstudio's evaluation leaves the pipeline in training mode
     camera = dm.eval_dataset.cameras[0:1].to(pipeline.device)
     with torch.no_grad():
         rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).cpu()
@@ -120,6 +121,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
 
     _, pipeline, _, step = eval_setup(config_path, test_mode="test")  # loaded once, used twice
     metrics = evaluate_run(pipeline, step)
+    pipeline.eval()
     sizes = estimated_size(pipeline.model)
     save_comparison(pipeline, output_dir / "render.png")
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))

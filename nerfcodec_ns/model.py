@@ -198,7 +198,7 @@ class NerfcodecModel(Model):
         n_rays = origins.shape[0]
         stage = int(self.codec_stage) if self.codec is not None else 0
         codec_outs: Optional[List[CodecOutput]] = None
-        if self.training and stage >= 1:
+        if self.training and torch.is_grad_enabled() and stage >= 1:  # a training step (not a no-grad render)
             codec_outs = self.code_planes(detach_planes=stage == 1)
             # warm-up renders the frozen planes; joint training renders the decoded ones
             planes = [p.detach() for p in self.field.plane_list()] if stage == 1 else [o.x_hat for o in codec_outs]

@@ -121,3 +121,14 @@ def test_codec_disabled_has_no_codec_parameters():
     assert model.codec is None and set(model.get_param_groups()) == {"fields", "planes"}
     losses, _ = _losses(model, 0)
     assert set(losses) == {"rgb_loss"}
+
+
+def test_no_grad_render_in_training_mode_returns_only_per_ray_outputs():
+    """nerfstudio's evaluation leaves the model in training mode; a no-grad camera render must still work."""
+    model = _model()
+    model.train()
+    model.codec_stage.fill_(2)
+    bundle, _ = _batch(32)
+    with torch.no_grad():
+        outputs = model.get_outputs(bundle)
+    assert all(v.shape[0] == 32 for v in outputs.values())

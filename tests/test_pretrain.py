@@ -8,6 +8,7 @@ well under a minute on a 2-core CPU.
 from __future__ import annotations
 
 import copy
+import os
 import json
 import shutil
 
@@ -91,6 +92,9 @@ def test_backbone_file_format(straight):
     assert all(sd[n].dtype == torch.float32 for n, _ in straight.model.named_buffers()
                if sd[n].is_floating_point() and sd[n].numel() > 0)
     assert out.stat().st_size < 3e6
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "written with the umask's permissions (not mkstemp's 0600)"
 
 
 def test_loaded_backbone_matches_in_memory_model(straight):
@@ -235,7 +239,7 @@ def test_cli_user_errors(images, tmp_path, capsys):
     code, err = _cli(["eval-codec", "--weights", str(tmp_path / "nope.pt"), "--images", str(images)], capsys)
     assert code == 2 and len(err) == 1 and "not found" in err[0]
     code, err = _cli(["eval-codec", "--weights", str(existing), "--images", str(images)], capsys)
-    assert code == 2 and len(err) == 1 and "cannot read backbone" in err[0]
+    assert code == 2 and len(err) == 1 and "not a readable nerfcodec backbone file" in err[0] and len(err[0]) < 400
 
 
 def test_cli_end_to_end(images, tmp_path):
