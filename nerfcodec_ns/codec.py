@@ -75,6 +75,10 @@ class CodecConfig:
     """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
     vector_bits: int = 8
     """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
+    latent_gain: float = 1.0
+    """Quantization gain of the latent y: y is coded as round(gain * y) / gain (the Gaussian scales
+    and means are multiplied by the same gain). Larger: finer quantization, more bits, better planes
+    (a rate knob that needs no retraining of the frozen synthesis). Not for cheng2020-anchor."""
     adapt_heads: bool = True
     """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
     layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
@@ -82,6 +86,10 @@ class CodecConfig:
     def __post_init__(self) -> None:
         if self.backbone not in ARCHITECTURES:
             raise ValueError(f"backbone must be one of {ARCHITECTURES}, got {self.backbone!r}")
+        if not self.latent_gain > 0:
+            raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
+        if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
+            raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
         for name in ("head_bits", "vector_bits"):
             if not 2 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")
@@ -636,11 +644,14 @@ class PlaneCodec(nn.Module):
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         params = self.h_s(z_hat)
+        g = self.config.latent_gain
         if self.architecture == "bmshj2018-hyperprior":
-            y_hat, y_likelihoods = self.gaussian_conditional(y, params)
+            y_hat, y_likelihoods = self.gaussian_conditional(y * g, params * g)
+            y_hat = y_hat / g
         elif self.architecture == "mbt2018-mean":
             scales, means = params.chunk(2, 1)
-            y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+            y_hat, y_likelihoods = self.gaussian_conditional(y * g, scales * g, means=means * g)
+            y_hat = y_hat / g
         else:
             y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
             ctx = self.context_prediction(y_hat)
@@ -705,12 +716,12 @@ class PlaneCodec(nn.Module):
         return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
 
     def _compress_y(self, y: Tensor, params: Tensor) -> List[bytes]:
-        gc = self.gaussian_conditional
+        gc, g = self.gaussian_conditional, self.config.latent_gain
         if self.architecture == "bmshj2018-hyperprior":
-            return gc.compress(y, gc.build_indexes(params))
+            return gc.compress(y * g, gc.build_indexes(params * g))
         if self.architecture == "mbt2018-mean":
             scales, means = params.chunk(2, 1)
-            return gc.compress(y, gc.build_indexes(scales), means=means)
+            return gc.compress(y * g, gc.build_indexes(scales * g), means=means * g)
         from compressai.models import JointAutoregressiveHierarchicalPriors as AR
 
         k, pad = 5, 2  # CompressAI's context kernel and padding
@@ -722,12 +733,12 @@ class PlaneCodec(nn.Module):
         ]
 
     def _decompress_y(self, strings: List[bytes], params: Tensor) -> Tensor:
-        gc = self.gaussian_conditional
+        gc, g = self.gaussian_conditional, self.config.latent_gain
         if self.architecture == "bmshj2018-hyperprior":
-            return gc.decompress(strings, gc.build_indexes(params), params.dtype)
+            return gc.decompress(strings, gc.build_indexes(params * g), params.dtype) / g
         if self.architecture == "mbt2018-mean":
             scales, means = params.chunk(2, 1)
-            return gc.decompress(strings, gc.build_indexes(scales), means=means)
+            return gc.decompress(strings, gc.build_indexes(scales * g), means=means * g) / g
         from compressai.models import JointAutoregressiveHierarchicalPriors as AR
 
         k, pad = 5, 2

@@ -97,9 +97,10 @@ def test_shapes_and_padding_for_odd_resolutions(arch):
         codec(smooth_planes(4, 17), 1)
 
 
+@pytest.mark.parametrize("gain", [1.0, 4.0])
 @pytest.mark.parametrize("arch", HYPERPRIORS)
-def test_eval_forward_equals_decompress_and_rate_matches(arch):
-    codec = make_codec(arch, C=8, resolutions=(17, 40))
+def test_eval_forward_equals_decompress_and_rate_matches(arch, gain):
+    codec = make_codec(arch, C=8, resolutions=(17, 40), latent_gain=gain)
     spread_latents(codec)
     calibrate_hyperprior(codec, smooth_planes(8, 40))
     randomize_vectors(codec)
@@ -147,6 +148,31 @@ def test_decoder_side_codec_from_transmitted_state(arch):
         with torch.no_grad():
             approx = encoder(planes, 0).x_hat
         assert (approx - expected).abs().mean() < 0.5 * (planes - expected).abs().mean() + 0.05
+
+
+def test_latent_gain_trades_rate_for_reconstruction():
+    """A larger latent gain quantizes y more finely: more bits, smaller reconstruction error."""
+    planes = smooth_planes(8, 40)
+    bits, errs = [], []
+    for gain in (1.0, 8.0):
+        codec = make_codec(C=8, resolutions=(40,), latent_gain=gain)
+        spread_latents(codec, 2.0)
+        calibrate_hyperprior(codec, planes)
+        codec.eval()
+        with torch.no_grad():
+            out = codec(planes, 0)
+            y = codec.g_a(codec._normalize(planes, *nc.plane_stats(planes)))
+            ref = codec._denormalize(codec.g_s(y), 40, *nc.plane_stats(planes), 0)  # unquantized latent
+        bits.append(float(out.bits))
+        errs.append(float((out.x_hat - ref).pow(2).mean()))
+    assert bits[1] > bits[0] and errs[1] < errs[0], (bits, errs)
+
+
+def test_latent_gain_validation():
+    with pytest.raises(ValueError, match="latent_gain"):
+        nc.CodecConfig(latent_gain=0.0)
+    with pytest.raises(ValueError, match="latent_gain"):
+        nc.CodecConfig(backbone="cheng2020-anchor", latent_gain=2.0)
 
 
 def test_rate_decreases_when_lambda_increases():
