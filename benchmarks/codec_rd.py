@@ -46,6 +46,8 @@ class Args:
     """Backbone weights of the main runs ("embedded", "zoo" or a file)."""
     latent_gain: float = 1.0
     """Quantization gain of the latents (CodecConfig.latent_gain), all runs."""
+    clip_sigmas: float = 0.0
+    """Normalisation range in standard deviations (CodecConfig.clip_sigmas; 0: min..max), all runs."""
     warmup_steps: int = 100
     """Codec warm-up steps on the frozen planes."""
     joint_steps: int = 300
@@ -151,7 +153,8 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
     torch.manual_seed(0)
     cfg = copy.deepcopy(base_cfg)
     cfg.pipeline.model.codec_enabled = True
-    cfg.pipeline.model.codec = CodecConfig(**{"weights": args.weights, "latent_gain": args.latent_gain, **codec_overrides})
+    cfg.pipeline.model.codec = CodecConfig(**{"weights": args.weights, "latent_gain": args.latent_gain,
+                                                    "clip_sigmas": args.clip_sigmas, **codec_overrides})
     cfg.pipeline.model.codec_field_steps = 0
     cfg.pipeline.model.codec_warmup_steps = args.warmup_steps
     cfg.pipeline.model.codec_lambda = lmbda
@@ -191,7 +194,8 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
     size = measure_size(model)
     result = {
         "name": name, "lambda": lmbda,
-        "codec": {"weights": args.weights, "latent_gain": args.latent_gain, **codec_overrides},
+        "codec": {"weights": args.weights, "latent_gain": args.latent_gain, "clip_sigmas": args.clip_sigmas,
+                  **codec_overrides},
         "val_psnr_decoded": round(psnr_decoded, 3), **size,
         "warmup_s_per_step": round((t_joint - t0) / max(1, args.warmup_steps), 3),
         "joint_s_per_step": round((t_end - t_joint) / max(1, args.joint_steps), 3),

@@ -75,6 +75,10 @@ class CodecConfig:
     """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
     vector_bits: int = 8
     """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
+    clip_sigmas: float = 0.0
+    """Normalisation range per plane and channel: 0 = min..max; k > 0 = mean -/+ k standard
+    deviations (narrowed to min..max), values outside clipped. Trained planes have a standard
+    deviation of only 5-8% of their min..max range, so k = 4 resolves them about 2x finer."""
     latent_gain: float = 1.0
     """Quantization gain of the latent y: y is coded as round(gain * y) / gain (the Gaussian scales
     and means are multiplied by the same gain). Larger: finer quantization, more bits, better planes
@@ -485,10 +489,17 @@ def estimate_bits(likelihoods: Union[Dict[str, Tensor], Sequence[Tensor]]) -> Te
     return sum(-torch.log2(p).sum() for p in values)  # type: ignore[return-value]
 
 
-def plane_stats(planes: Float[Tensor, "3 C R R"]) -> Tuple[Tensor, Tensor]:
-    """Per plane per channel (min, max) as float16 ``[3, C]``, rounded outwards (min down, max up)."""
+def plane_stats(planes: Float[Tensor, "3 C R R"], clip_sigmas: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """Per plane per channel normalisation range (lo, hi) as float16 ``[3, C]``, rounded outwards.
+
+    ``clip_sigmas`` = 0: the min and max. > 0: mean -/+ clip_sigmas standard deviations, narrowed to
+    the min and max (values outside are clipped by the codec's normalisation).
+    """
     x = planes.detach().float()
     lo, hi = x.amin(dim=(2, 3)), x.amax(dim=(2, 3))
+    if clip_sigmas > 0:
+        mean, std = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+        lo, hi = torch.maximum(lo, mean - clip_sigmas * std), torch.minimum(hi, mean + clip_sigmas * std)
     lo16, hi16 = lo.half(), hi.half()
     lo16 = torch.where(lo16.float() > lo, torch.nextafter(lo16, torch.full_like(lo16, -float("inf"))), lo16)
     hi16 = torch.where(hi16.float() < hi, torch.nextafter(hi16, torch.full_like(hi16, float("inf"))), hi16)
@@ -619,7 +630,10 @@ class PlaneCodec(nn.Module):
     def _normalize(self, planes: Tensor, lo16: Tensor, hi16: Tensor) -> Float[Tensor, "3 C H W"]:
         """Map planes to [0, 1] with the float16 stats and zero-pad to multiples of 64."""
         lo, span = self._offset_span(lo16, hi16)
-        return F.pad((planes.float() - lo) / span, self._padding(planes.shape[-1])[0])
+        x = (planes.float() - lo) / span
+        if self.config.clip_sigmas > 0:
+            x = x.clamp(0.0, 1.0)
+        return F.pad(x, self._padding(planes.shape[-1])[0])
 
     def _denormalize(
         self, x: Tensor, R: int, lo16: Tensor, hi16: Tensor, level: int
@@ -639,7 +653,7 @@ class PlaneCodec(nn.Module):
     def forward(self, planes: Float[Tensor, "3 C R R"], level: int) -> CodecOutput:
         """Code one level: additive-noise proxy in training mode, rounding in eval mode."""
         R = self._check_level(planes, level)
-        lo16, hi16 = plane_stats(planes)
+        lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
         y = self.g_a(self._normalize(planes, lo16, hi16))
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
@@ -691,7 +705,7 @@ class PlaneCodec(nn.Module):
         """Entropy-code one level (calls ``update(force=True)`` first, so tables match the parameters)."""
         R = self._check_level(planes, level)
         self.update(force=True)
-        lo16, hi16 = plane_stats(planes)
+        lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
         x = self._normalize(planes, lo16, hi16)
         y = self.g_a(x)
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)

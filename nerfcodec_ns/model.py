@@ -306,8 +306,9 @@ class NerfcodecModel(Model):
 
 
 def normalized_mse(x_hat: Tensor, x: Tensor) -> Tensor:
-    """MSE of ``x_hat`` against ``x`` relative to ``x``'s per-channel variance (``[3, C, R, R]``)."""
-    var = x.var(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
+    """MSE of ``x_hat`` against ``x`` relative to ``x``'s variance averaged over channels (``[3, C, R, R]``;
+    a per-channel variance would let nearly constant channels dominate)."""
+    var = x.var(dim=(0, 2, 3)).mean().clamp_min(1e-12)
     return ((x_hat - x).pow(2) / var).mean()
 
 

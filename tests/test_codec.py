@@ -168,6 +168,24 @@ def test_latent_gain_trades_rate_for_reconstruction():
     assert bits[1] > bits[0] and errs[1] < errs[0], (bits, errs)
 
 
+def test_clipped_normalisation_range_and_exact_decode():
+    """clip_sigmas narrows the range to mean -/+ k std (inside min..max); decode still equals eval forward."""
+    planes = smooth_planes(8, 40)
+    planes[0, 0, 0, 0] = 50.0  # an outlier
+    lo, hi = nc.plane_stats(planes)
+    lo4, hi4 = nc.plane_stats(planes, clip_sigmas=4.0)
+    assert (lo4 >= lo).all() and (hi4 <= hi).all() and float(hi4[0, 0]) < 50.0
+    codec = make_codec(C=8, resolutions=(40,), clip_sigmas=4.0)
+    spread_latents(codec)
+    calibrate_hyperprior(codec, planes)
+    codec.eval()
+    compressed = codec.compress(planes, 0)
+    with torch.no_grad():
+        out = codec(planes, 0)
+    torch.testing.assert_close(codec.decompress(compressed, 0), out.x_hat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compressed.stats_max, hi4)
+
+
 def test_latent_gain_validation():
     with pytest.raises(ValueError, match="latent_gain"):
         nc.CodecConfig(latent_gain=0.0)
