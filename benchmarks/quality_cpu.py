@@ -32,6 +32,8 @@ class Args:
     """Step cap, and the horizon of the learning-rate schedules."""
     out: Path = Path("docs/bench/quality_cpu_lego200.json")
     """Where to write the results."""
+    plane_tv_mult: float = 0.0
+    """Total-variation weight on the planes (model.plane_tv_mult; 0 = the default field)."""
     run_dir: Optional[Path] = Path("outputs/quality_cpu")
     """Where to keep the run (its checkpoint is the trained field the codec benchmark starts from)."""
 
@@ -46,6 +48,7 @@ def main(args: Args) -> Dict:
     cfg = nerfcodec_trainer_config(max_steps=args.max_steps)
     cfg.pipeline.datamanager.data = args.data
     cfg.pipeline.model.codec_enabled = False  # the base field (the codec benchmark starts from this run)
+    cfg.pipeline.model.plane_tv_mult = args.plane_tv_mult
     cfg.output_dir = args.run_dir if args.run_dir is not None else Path(tempfile.mkdtemp(prefix="quality_runs_"))
     cfg.vis = "tensorboard"
     cfg.set_timestamp()
@@ -85,6 +88,7 @@ def main(args: Args) -> Dict:
         "eval_wall_s": round(eval_s, 1),
         "val_psnr": round(float(metrics["psnr"]), 3),
         "val_ssim": round(float(metrics["ssim"]), 4),
+        "plane_tv_mult": args.plane_tv_mult,
         "run_config": str(cfg.get_base_dir() / "config.yml"),
         "train_log": log,
     }

@@ -286,7 +286,8 @@ class NerfcodecModel(Model):
             loss["codec_aux"] = self.codec.aux_loss()
             if "codec_rec" in outputs:
                 loss["codec_rec"] = self.config.codec_rec_mult * outputs["codec_rec"]
-        if self.training and self.config.plane_tv_mult > 0:
+        frozen_planes = self.codec is not None and int(self.codec_stage) == 1  # codec warm-up
+        if self.training and self.config.plane_tv_mult > 0 and not frozen_planes:
             loss["plane_tv"] = self.config.plane_tv_mult * sum(plane_tv(p) for p in self.field.plane_list())
         return loss
 

@@ -73,6 +73,14 @@ def test_warmup_trains_the_codec_on_frozen_planes():
     assert metrics["codec_y_bytes"] > 0 and metrics["size_total_bytes"] > metrics["codec_y_bytes"]
 
 
+def test_warmup_keeps_planes_frozen_even_with_plane_tv():
+    model = _model(plane_tv_mult=0.1)
+    losses, _ = _losses(model, 1)
+    assert "plane_tv" not in losses and not _has_grad(model.field.planes)
+    losses, _ = _losses(model, 0)
+    assert "plane_tv" in losses
+
+
 def test_joint_stage_renders_decoded_planes_and_trains_everything_but_the_frozen_backbone():
     model = _model()
     losses, metrics = _losses(model, 2)
