@@ -143,9 +143,9 @@ def measure_size(model) -> Dict[str, float]:
             "total_bytes": latent + sum(parts.values()), "decode_vs_render_max_abs": max_err}
 
 
-def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Dict, lmbda: float, indices) -> Dict:
+def setup_codec_trainer(args: Args, base_cfg, base_state, codec_overrides: Dict, lmbda: float):
+    """A Trainer for the codec stages (warm-up from step 0, then joint) on the loaded base field."""
     import torch
-    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
     from nerfstudio.engine.optimizers import AdamOptimizerConfig
 
     from nerfcodec_ns.codec import CodecConfig
@@ -169,8 +169,15 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
     cfg.set_timestamp()
     trainer = cfg.setup(local_rank=0, world_size=1)
     trainer.setup()
+    load_field(trainer.pipeline.model, base_state)
+    return trainer
+
+
+def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Dict, lmbda: float, indices) -> Dict:
+    from trainer_step import train_step
+
+    trainer = setup_codec_trainer(args, base_cfg, base_state, codec_overrides, lmbda)
     model = trainer.pipeline.model
-    load_field(model, base_state)
     steps = args.warmup_steps + args.joint_steps
     t0 = time.perf_counter()
     t_joint = None
@@ -178,12 +185,7 @@ def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Di
     for step in range(steps):
         if step == args.warmup_steps:
             t_joint = time.perf_counter()
-        trainer.pipeline.train()
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
-        _, loss_dict, metrics = trainer.train_iteration(step)
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+        _, loss_dict, metrics = train_step(trainer, step)
         if step % 25 == 0 or step == steps - 1:
             log.append({"step": step, "stage": int(model.codec_stage), "train_psnr": round(float(metrics["psnr"]), 2),
                         "rec_loss": round(float(loss_dict.get("codec_rec", float("nan"))), 5),

@@ -40,7 +40,7 @@ class Args:
 
 def main(args: Args) -> Dict:
     import torch
-    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+    from trainer_step import train_step
 
     from nerfcodec_ns.config import nerfcodec_trainer_config
 
@@ -60,12 +60,7 @@ def main(args: Args) -> Dict:
     step = 0
     log = []
     while step < args.max_steps and time.perf_counter() - t0 < budget:
-        trainer.pipeline.train()
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
-        _, _, metrics = trainer.train_iteration(step)
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+        _, _, metrics = train_step(trainer, step)
         if step % 500 == 0:
             elapsed = time.perf_counter() - t0
             log.append({"step": step, "elapsed_s": round(elapsed, 1), "train_psnr": round(float(metrics["psnr"]), 2)})

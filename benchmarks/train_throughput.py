@@ -76,16 +76,11 @@ def _setup_trainer(method: str, data: Path, rays: int, out_dir: Path):
 
 
 def _time_steps(trainer, start: int, n: int) -> float:
-    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+    from trainer_step import train_step
 
     t0 = time.perf_counter()
     for step in range(start, start + n):
-        trainer.pipeline.train()
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
-        trainer.train_iteration(step)
-        for cb in trainer.callbacks:
-            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+        train_step(trainer, step)
     return time.perf_counter() - t0
 
 
