@@ -101,6 +101,8 @@ def load_field(model, pipeline_state: Dict) -> None:
 def _eval_indices(n_total: int, n: int) -> List[int]:
     if n <= 0 or n >= n_total:
         return list(range(n_total))
+    if n == 1:
+        return [0]
     return [round(i * (n_total - 1) / (n - 1)) for i in range(n)]
 
 
