@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import lzma
 import math
 import numbers
 import os
@@ -843,3 +844,31 @@ def read_file(path: Union[str, os.PathLike]) -> Bitstream:
         return unpack(path.read_bytes())
     except BitstreamError as exc:
         raise BitstreamError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit masks (the occupancy grid)
+# ----------------------------------------------------------------------------------------------
+
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
+
+
+def encode_bits(mask: np.ndarray) -> bytes:
+    """A boolean array as packed bits (C order, most significant bit first) compressed with raw
+    LZMA2. The shape is not stored: the reader must know it (``decode_bits``)."""
+    bits = np.packbits(np.ascontiguousarray(mask, dtype=bool).reshape(-1)).tobytes()
+    return lzma.compress(bits, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+
+
+def decode_bits(payload: Union[bytes, bytearray, memoryview], shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`encode_bits` for a mask of ``shape``; refuses any other length."""
+    count = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    expected = (count + 7) // 8
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    try:
+        raw = dec.decompress(bytes(payload), max_length=expected + 1)
+    except lzma.LZMAError as err:
+        raise BitstreamError(f"corrupt bit mask: {err}") from None
+    if len(raw) != expected or not dec.eof or dec.unused_data:
+        raise BitstreamError(f"corrupt bit mask: expected {expected} bytes for shape {tuple(shape)}")
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count).astype(bool).reshape(tuple(shape))

@@ -1,5 +1,5 @@
 """``nerfcodec``: the plugin's own command line (scene generation, demo, codec pre-training and
-evaluation; later export/decode/info).
+evaluation, export, decode, info).
 
 Errors a user can cause (bad paths, existing outputs) end with a one-line message and exit code 2,
 never a traceback.
@@ -164,6 +164,99 @@ class EvalCodec:
             print(f"wrote {self.json}")
 
 
+@dataclass
+class Export:
+    """Write a trained run as one compressed scene file (same as `ns-export nerfcodec-bitstream`)."""
+
+    load_config: Path
+    """The run's config.yml (from ns-train nerfcodec)."""
+    output_path: Path = Path("scene.nfc")
+    """Scene file to write (atomically; an existing file is kept unless --overwrite)."""
+    overwrite: bool = False
+    """Replace an existing --output-path."""
+
+    def main(self) -> None:
+        from nerfcodec_ns.export import ExportBitstream
+
+        ExportBitstream(self.load_config, self.output_path, self.overwrite).main()
+
+
+@dataclass
+class Decode:
+    """Decode a scene file into a run folder that ns-viewer, ns-render and ns-eval load."""
+
+    scene: tyro.conf.Positional[Path]
+    """The scene file (SCENE.nfc)."""
+    output_dir: Path = Path("decoded")
+    """Folder to create; the run's config is OUTPUT_DIR/scene/nerfcodec/decoded/config.yml."""
+    data: Optional[Path] = None
+    """The original Blender-format data set, for ns-eval against the real images. Default: use the
+    cameras stored in the file and small images rendered from the decoded field (viewing only)."""
+    weights: Optional[Path] = None
+    """Backbone weights file, when the file's backbone is neither the embedded one nor CompressAI's zoo."""
+    view_size: int = 64
+    """Longer side (px) of the images rendered for the bitstream's cameras (without --data)."""
+    overwrite: bool = False
+    """Replace an existing OUTPUT_DIR."""
+
+    def main(self) -> None:
+        from nerfcodec_ns.decode import write_run
+
+        if self.view_size < 1:
+            raise UserError(f"--view-size must be >= 1, got {self.view_size}")
+        result = write_run(self.scene, self.output_dir, data=self.data, weights=self.weights,
+                           overwrite=self.overwrite, view_size=self.view_size)
+        rows = [
+            ("scene file", f"{self.scene} ({self.scene.stat().st_size:,} bytes)"),
+            ("decode (planes, MLP, grid)", f"{result.decode_seconds:.3f} s"),
+            ("write run folder", f"{result.write_seconds:.2f} s"),
+            ("run folder", f"{self.output_dir} ({result.run_bytes / 1e6:.1f} MB)"),
+            ("config", str(result.config_path)),
+        ]
+        _print_table("nerfcodec decode", ["", "value"], rows)
+        print(f"view it with: ns-viewer --load-config {result.config_path}")
+
+
+@dataclass
+class Info:
+    """Sizes of a scene file's parts: every byte of the file is in exactly one row."""
+
+    scene: tyro.conf.Positional[Path]
+    """The scene file (SCENE.nfc)."""
+    json: bool = False
+    """Print one JSON object (total_bytes, sections, header) instead of tables."""
+
+    def main(self) -> None:
+        import json
+
+        from nerfcodec_ns import bitstream as nb
+
+        bs = nb.read_file(self.scene)
+        data = self.scene.read_bytes()
+        sizes = nb.section_sizes(data)
+        total = sum(sizes.values())
+        if total != len(data):  # section_sizes partitions the file; anything else is a bug
+            raise RuntimeError(f"section sizes add up to {total}, the file has {len(data)} bytes")
+        if self.json:
+            header = json.loads(nb.header_json(bs.header))
+            print(json.dumps({"path": str(self.scene), "total_bytes": total, "sections": sizes, "header": header}))
+            return
+        h = bs.header
+        rows = [(name, f"{n:,}", f"{100 * n / total:.1f}%") for name, n in sizes.items()]
+        rows.append(("total (= file size)", f"{total:,}", "100.0%"))
+        _print_table(f"{self.scene}", ["part", "bytes", "share"], rows)
+        planes = 4 * 3 * h.field.channels * sum(r * r for r in h.field.resolutions)
+        meta = [
+            ("model", h.model_id),
+            ("backbone", f"{h.backbone.architecture} N={h.backbone.N} M={h.backbone.M} ({h.backbone.source}), "
+                         f"sha256 {h.backbone.sha256[:16]}..."),
+            ("planes", f"{len(h.field.resolutions)} levels {list(h.field.resolutions)} x {h.field.channels} channels"),
+            ("float32 planes", f"{planes:,} bytes ({planes / total:.0f}x this file)"),
+            ("cameras", f"{h.cameras.width}x{h.cameras.height} {h.cameras.camera_model}"),
+        ]
+        _print_table("header", ["", "value"], meta)
+
+
 def _check_output_file(path: Path) -> None:
     """An output file's folder must exist and be writable (a real probe: this also holds for root)."""
     import tempfile
@@ -194,6 +287,9 @@ Commands = Union[
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
     Annotated[PretrainCodec, tyro.conf.subcommand(name="pretrain-codec")],
     Annotated[EvalCodec, tyro.conf.subcommand(name="eval-codec")],
+    Annotated[Export, tyro.conf.subcommand(name="export")],
+    Annotated[Decode, tyro.conf.subcommand(name="decode")],
+    Annotated[Info, tyro.conf.subcommand(name="info")],
 ]
 
 
@@ -203,6 +299,15 @@ def entrypoint(argv: list[str] | None = None) -> int:
     try:
         cmd.main()
     except UserError as err:
+        print(f"nerfcodec: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from nerfcodec_ns.bitstream import BitstreamError
+        from nerfcodec_ns.decode import DecodeError
+        from nerfcodec_ns.export import ExportError
+
+        if not isinstance(err, (BitstreamError, DecodeError, ExportError, FileNotFoundError, IsADirectoryError)):
+            raise
         print(f"nerfcodec: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfcodec_ns.compat import default_device_type
+from nerfcodec_ns.export import graft_ns_export
 from nerfcodec_ns.model import NerfcodecModelConfig
 
 #: Default number of training steps (also the learning-rate schedules' horizon).
@@ -66,3 +67,6 @@ nerfcodec_method = MethodSpecification(
     config=nerfcodec_trainer_config(),
     description="NeRFCodec: tri-plane field (fast on CPU) whose planes are compressed by a neural image codec.",
 )
+
+# `ns-export` imports this module while it starts: add the `nerfcodec-bitstream` subcommand.
+graft_ns_export()

@@ -9,8 +9,9 @@ view-dependent colour MLP (spherical-harmonics direction encoding).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence, Tuple
+from typing import Iterator, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +169,20 @@ class TriplaneField(nn.Module):
     def mlp_parameters(self) -> List[nn.Parameter]:
         """Parameters of the MLPs (everything but the planes)."""
         return list(self.density_mlp.parameters()) + list(self.color_mlp.parameters())
+
+    @contextlib.contextmanager
+    def float16_mlp(self) -> Iterator[None]:
+        """Within the block, the MLP weights hold their float16-rounded values (what a bitstream
+        stores); the float32 values are put back on exit. For no-grad rendering only."""
+        params = self.mlp_parameters()
+        saved = [p.data for p in params]
+        try:
+            for p in params:
+                p.data = p.data.half().float()
+            yield
+        finally:
+            for p, data in zip(params, saved):
+                p.data = data
 
     def normalize(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """World positions to [-1, 1]^3 box coordinates."""

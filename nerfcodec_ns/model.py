@@ -136,6 +136,7 @@ class NerfcodecModel(Model):
             spec = self.field.spec
             self.codec = PlaneCodec(self.config.codec, spec.num_channels, spec.resolutions)
         self._decoded_cache: Optional[Tuple[tuple, List[Tensor]]] = None
+        self._grid_bytes: Optional[Tuple[Tensor, int, int]] = None
 
     # ------------------------------------------------------------------ training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -193,6 +194,12 @@ class NerfcodecModel(Model):
 
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        if not self.training and self.codec is not None and int(self.codec_stage) >= 2:
+            with self.field.float16_mlp():  # the compressed scene: the MLP as the bitstream stores it
+                return self._render(ray_bundle)
+        return self._render(ray_bundle)
+
+    def _render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         origins = ray_bundle.origins.reshape(-1, 3)
         directions = ray_bundle.directions.reshape(-1, 3)
         n_rays = origins.shape[0]
@@ -270,12 +277,22 @@ class NerfcodecModel(Model):
 
     def transmitted_sizes(self) -> Dict[str, int]:
         """Bytes of every transmitted part other than the latent strings: the codec's content-specific
-        decoder parts, and the MLPs as float16. (The occupancy grid is not sent: the decoder
-        rebuilds it from the decoded field.)"""
+        decoder parts, the MLPs as float16, and the occupancy grid (packed bits, LZMA; see
+        :func:`nerfcodec_ns.bitstream.encode_bits`)."""
         assert self.codec is not None
         sizes = {k.replace(".", "_"): v for k, v in self.codec.transmitted_sizes().items()}
         sizes["mlp"] = 2 * sum(p.numel() for p in self.field.mlp_parameters())
+        sizes["grid"] = self.grid_payload_bytes()
         return sizes
+
+    def grid_payload_bytes(self) -> int:
+        """Size of the coded occupancy grid (cached until the grid changes: LZMA takes ~0.1 s)."""
+        from nerfcodec_ns.bitstream import encode_bits
+
+        b = self.sampler.estimator.binaries
+        if self._grid_bytes is None or self._grid_bytes[0] is not b or self._grid_bytes[1] != b._version:
+            self._grid_bytes = (b, b._version, len(encode_bits(self.sampler.binaries.cpu().numpy())))
+        return self._grid_bytes[2]
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = batch["image"].to(self.device)[..., :3]

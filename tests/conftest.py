@@ -20,10 +20,7 @@ TINY_MODEL_ARGS = [
     "--pipeline.model.grid-resolution", "32",
     "--pipeline.datamanager.train-num-rays-per-batch", "512",
     "--pipeline.model.eval-num-rays-per-chunk", "1024",
-    # a tiny random codec backbone; stages: field 0-9, codec warm-up 10-14, joint from 15
-    "--pipeline.model.codec.weights", "random",
-    "--pipeline.model.codec.N", "16",
-    "--pipeline.model.codec.M", "24",
+    # stages: field 0-9, codec warm-up 10-14, joint from 15 (the backbone: see `tiny_backbone`)
     "--pipeline.model.codec-field-steps", "10",
     "--pipeline.model.codec-warmup-steps", "5",
 ]
@@ -52,13 +49,27 @@ def run_cli(args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tiny_scene, tmp_path_factory) -> Path:
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A tiny randomly initialised bmshj2018 backbone (N=16, M=24) saved as a backbone file, so runs
+    using it can be exported and decoded (a decoder needs the frozen weights)."""
+    import torch
+
+    from nerfcodec_ns.codec import build_backbone, save_backbone_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("backbone") / "tiny_backbone.pt"
+    return save_backbone_file(build_backbone("bmshj2018-hyperprior", 16, 24), "bmshj2018-hyperprior", 16, 24, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
     """Train `ns-train nerfcodec` for a few steps on the tiny scene; returns its config.yml."""
     out = tmp_path_factory.mktemp("runs")
     res = run_cli([
         str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
         "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS, "blender-data",
+        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS,
+        "--pipeline.model.codec.weights", str(tiny_backbone), "blender-data",
     ])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     config = out / "tiny" / "nerfcodec" / "t0" / "config.yml"
