@@ -21,6 +21,7 @@ compressai is imported lazily (inside functions): nerfstudio imports the plugin 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -97,6 +98,23 @@ class CodecConfig:
         for name in ("head_bits", "vector_bits"):
             if not 2 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")
+
+
+@contextlib.contextmanager
+def reproducible_convolutions():
+    """Within the block, CPU convolutions use PyTorch's native kernels instead of oneDNN.
+
+    oneDNN's results depend on the number of threads (differences of ~1e-8 measured here between
+    1, 2 and 4 threads); the native kernels give bit-identical results for any thread count. The
+    entropy coder needs exactly the same ``h_s`` output at the encoder and the decoder, and a
+    decoded scene must be the same on every machine, so coding and eval-mode decoding run here.
+    """
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,7 +651,9 @@ class PlaneCodec(nn.Module):
         x = (planes.float() - lo) / span
         if self.config.clip_sigmas > 0:
             x = x.clamp(0.0, 1.0)
-        return F.pad(x, self._padding(planes.shape[-1])[0])
+        # plain (NCHW) layout: the field's planes are channels-last, and the convolutions must see the
+        # same layout at training-time evaluation and at decoding to give bit-identical results
+        return F.pad(x, self._padding(planes.shape[-1])[0]).contiguous()
 
     def _denormalize(
         self, x: Tensor, R: int, lo16: Tensor, hi16: Tensor, level: int
@@ -651,7 +671,14 @@ class PlaneCodec(nn.Module):
     # -- forward (training / evaluation) ----------------------------------------------------------
 
     def forward(self, planes: Float[Tensor, "3 C R R"], level: int) -> CodecOutput:
-        """Code one level: additive-noise proxy in training mode, rounding in eval mode."""
+        """Code one level: additive-noise proxy in training mode, rounding in eval mode (eval mode
+        uses :func:`reproducible_convolutions`, as ``decompress`` does, so both agree bit for bit)."""
+        if self.training:
+            return self._forward(planes, level)
+        with reproducible_convolutions():
+            return self._forward(planes, level)
+
+    def _forward(self, planes: Tensor, level: int) -> CodecOutput:
         R = self._check_level(planes, level)
         lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
         y = self.g_a(self._normalize(planes, lo16, hi16))
@@ -705,6 +732,10 @@ class PlaneCodec(nn.Module):
         """Entropy-code one level (calls ``update(force=True)`` first, so tables match the parameters)."""
         R = self._check_level(planes, level)
         self.update(force=True)
+        with reproducible_convolutions():
+            return self._compress(planes, level, R)
+
+    def _compress(self, planes: Tensor, level: int, R: int) -> CompressedLevel:
         lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
         x = self._normalize(planes, lo16, hi16)
         y = self.g_a(x)
@@ -724,10 +755,11 @@ class PlaneCodec(nn.Module):
         if not self._is_updated():
             self.update(force=True)
         device = self.entropy_bottleneck.quantiles.device
-        z_hat = self.entropy_bottleneck.decompress(compressed.z_strings, compressed.z_shape)
-        y_hat = self._decompress_y(compressed.y_strings, self.h_s(z_hat))
-        lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
-        return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+        with reproducible_convolutions():
+            z_hat = self.entropy_bottleneck.decompress(compressed.z_strings, compressed.z_shape)
+            y_hat = self._decompress_y(compressed.y_strings, self.h_s(z_hat))
+            lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
+            return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
 
     def _compress_y(self, y: Tensor, params: Tensor) -> List[bytes]:
         gc, g = self.gaussian_conditional, self.config.latent_gain

@@ -116,6 +116,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     codec = model.codec
     if codec is None:
         raise ExportError("this run has no codec (pipeline.model.codec_enabled=False): nothing to compress")
+    source = backbone_source(codec)  # refuses backbones a decoder cannot reproduce
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -151,7 +152,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
         aabb = model.scene_box.aabb.reshape(-1).tolist()
         header = nb.Header(
             model_id=nb.MODEL_ID,
-            backbone=nb.BackboneId(info.architecture, info.N, info.M, info.sha256, backbone_source(codec)),
+            backbone=nb.BackboneId(info.architecture, info.N, info.M, info.sha256, source),
             field=nb.FieldArch(spec.resolutions, spec.num_channels, spec.reduce, spec.hidden_dim,
                                spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree),
             levels=tuple(levels),

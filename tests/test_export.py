@@ -1,0 +1,137 @@
+"""Export of a trained run to a scene file: `ns-export nerfcodec-bitstream`, `nerfcodec export`,
+size accounting, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BIN, run_cli
+from nerfcodec_ns import bitstream as nb
+from nerfcodec_ns.cli import entrypoint
+
+
+@pytest.fixture(scope="session")
+def tiny_nfc(tiny_run, tmp_path_factory):
+    """The tiny run exported in-process: (path, ExportResult)."""
+    from nerfcodec_ns.export import export_run
+
+    path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
+    return path, export_run(tiny_run, path)
+
+
+def test_ns_export_help_lists_the_subcommand():
+    res = run_cli([str(BIN / "ns-export"), "--help"], timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "nerfcodec-bitstream" in res.stdout
+    assert "pointcloud" in res.stdout, "the stock subcommands are still there"
+
+
+def test_ns_export_writes_the_same_file_as_the_plugin_command(tiny_run, tiny_nfc, tmp_path):
+    out = tmp_path / "via_ns_export.nfc"
+    res = run_cli([str(BIN / "ns-export"), "nerfcodec-bitstream", "--load-config", str(tiny_run),
+                   "--output-path", str(out)], timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.read_bytes() == tiny_nfc[0].read_bytes(), "export is deterministic and both commands agree"
+    # an existing output is kept: one-line error, exit 2
+    before = out.read_bytes()
+    res = run_cli([str(BIN / "ns-export"), "nerfcodec-bitstream", "--load-config", str(tiny_run),
+                   "--output-path", str(out)], timeout=300)
+    assert res.returncode == 2
+    err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "output exists" in err[0] and "Traceback" not in res.stderr
+    assert out.read_bytes() == before
+
+
+def test_file_size_equals_sections_and_info(tiny_nfc, capsys):
+    path, result = tiny_nfc
+    data = path.read_bytes()
+    assert result.num_bytes == len(data) == path.stat().st_size
+    assert sum(nb.section_sizes(data).values()) == len(data)
+    assert entrypoint(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["total_bytes"] == len(data)
+    assert info["sections"] == nb.section_sizes(data)
+    assert {"y.0", "z.0", "y.1", "z.1", "head", "mlp", "grid", "cameras", "entropy_bottleneck"} <= set(info["sections"])
+
+
+def test_info_table_total_is_the_file_size(tiny_nfc, capsys):
+    path, _ = tiny_nfc
+    assert entrypoint(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path.stat().st_size:,}" in out and "total (= file size)" in out
+
+
+def _array_overhead(payload: bytes) -> int:
+    """Bytes of a multi-array section that are framing, not array data."""
+    arrays = [nb.decode_array(p) for p in nb.decode_strings(payload)]
+    return len(payload) - sum(a.nbytes for a in arrays)
+
+
+def test_training_size_accounting_matches_the_sections(tiny_nfc):
+    """Every part the training metrics count is in the file with exactly that many data bytes."""
+    path, result = tiny_nfc
+    bs = nb.read_file(path)
+    est = result.estimated
+    for part, section in [("head", "head"), ("vectors_0", "vectors.0"), ("vectors_1", "vectors.1"),
+                          ("entropy_bottleneck", "entropy_bottleneck"), ("mlp", "mlp")]:
+        payload = bs.section(section)
+        assert len(payload) - _array_overhead(payload) == est[part], part
+        # per array: dtype, ndim and shape (2 + 4 * ndim bytes) and a length varint
+        assert _array_overhead(payload) <= 20 * len(nb.decode_strings(payload)) + 2
+    assert len(bs.section("grid")) == est["grid"]
+    norm = sum(nb.decode_array(bs.section(f"norm.{l}")).nbytes for l in range(2))
+    assert norm == est["norm_stats"]
+
+
+def test_export_refuses_codec_disabled_and_random_backbones():
+    from nerfstudio.data.scene_box import SceneBox
+
+    from nerfcodec_ns.codec import CodecConfig
+    from nerfcodec_ns.export import ExportError, build_bitstream
+    from nerfcodec_ns.model import NerfcodecModelConfig
+
+    box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    tiny = dict(plane_resolutions=(8,), plane_channels=4, grid_resolution=8)
+    plain = NerfcodecModelConfig(codec_enabled=False, **tiny).setup(scene_box=box, num_train_data=1, metadata={})
+    with pytest.raises(ExportError, match="no codec"):
+        build_bitstream(plain, None, torch.eye(4)[:3], 1.0)
+    rand = NerfcodecModelConfig(codec=CodecConfig(weights="random", N=8, M=8), **tiny).setup(
+        scene_box=box, num_train_data=1, metadata={})
+    with pytest.raises(ExportError, match="randomly initialised"):
+        build_bitstream(rand, None, torch.eye(4)[:3], 1.0)
+
+
+@pytest.mark.parametrize("case", ["missing_config", "existing_output", "missing_folder"])
+def test_export_bad_input_is_one_line_and_writes_nothing(case, tiny_run, tmp_path, capsys):
+    out = tmp_path / "scene.nfc"
+    config = tiny_run
+    if case == "missing_config":
+        config = tmp_path / "nope" / "config.yml"
+    elif case == "existing_output":
+        out.write_bytes(b"keep me")
+    else:
+        out = tmp_path / "no_such_folder" / "scene.nfc"
+    code = entrypoint(["export", "--load-config", str(config), "--output-path", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("nerfcodec: error:"), err
+    if case == "existing_output":
+        assert out.read_bytes() == b"keep me"
+    else:
+        assert not out.exists()
+    if out.parent.exists():
+        assert not list(out.parent.glob(".*")), "no temporary file is left behind"
+
+
+def test_grid_bits_round_trip_and_reject_other_lengths():
+    mask = np.random.default_rng(0).random((16, 16, 16)) < 0.1
+    payload = nb.encode_bits(mask)
+    assert np.array_equal(nb.decode_bits(payload, mask.shape), mask)
+    with pytest.raises(nb.BitstreamError):
+        nb.decode_bits(payload, (16, 16, 8))
+    with pytest.raises(nb.BitstreamError):
+        nb.decode_bits(payload[:-2], mask.shape)
