@@ -203,7 +203,10 @@ def build_model(scene: DecodedScene) -> "NerfcodecModel":
         param.copy_(value)
     est = model.sampler.estimator
     est.binaries = scene.grid.reshape(est.binaries.shape).clone()
-    est.occs.copy_(est.binaries.reshape(-1).float())
+    # occupancy values with mean 1: the sampler's cap min(alpha_thre, mean) keeps the header's
+    # (already capped) alpha_thre, and re-thresholding gives the same binaries
+    occupied = est.binaries.reshape(-1).float()
+    est.occs.copy_(occupied / occupied.mean().clamp_min(1.0 / occupied.numel()))
     model.sampler.march_aabb.copy_(occupied_aabb(model.sampler.binaries, model.sampler.aabb))
     return model.eval()
 

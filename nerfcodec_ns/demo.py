@@ -1,9 +1,11 @@
-"""``make demo``: procedural scene -> ``ns-train nerfcodec`` -> evaluation -> summary.
+"""``make demo``: procedural scene -> ``ns-train nerfcodec`` -> evaluation -> export -> decode -> summary.
 
 Everything goes into one output folder:
 
 * ``scene/``: the procedural Blender-format data set;
 * ``runs/demo/nerfcodec/run/``: the nerfstudio run (``config.yml``, ``nerfstudio_models/``);
+* ``scene.nfc``: the compressed scene file (``nerfcodec export``);
+* ``decoded/``: the run folder decoded from ``scene.nfc`` alone (``nerfcodec decode``);
 * ``render.png``: a test view, ground truth left, rendering right;
 * ``summary.json``: the numbers printed at the end.
 """
@@ -99,13 +101,13 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    CONSOLE.rule("[bold]1/3 procedural scene")
+    CONSOLE.rule("[bold]1/5 procedural scene")
     spec = SceneSpec(seed=seed, resolution=resolution, num_train=40, num_val=8, num_test=8)
     scene = write_blender_scene(output_dir / "scene", spec)
     CONSOLE.print(f"scene: {scene} ({spec.num_train} train, {spec.num_val} val, {spec.num_test} test views, "
                   f"{resolution}x{resolution} px)")
 
-    CONSOLE.rule("[bold]2/3 ns-train nerfcodec")
+    CONSOLE.rule("[bold]2/5 ns-train nerfcodec")
     cmd = ns_train_command(scene, output_dir / "runs", steps)
     CONSOLE.print("$ " + " ".join(cmd))
     t0 = time.time()
@@ -116,7 +118,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
         raise UserError(f"ns-train failed with exit code {proc.returncode}")
     config_path = output_dir / "runs" / "demo" / "nerfcodec" / "run" / "config.yml"
 
-    CONSOLE.rule("[bold]3/3 evaluation (ns-eval equivalent, test views)")
+    CONSOLE.rule("[bold]3/5 evaluation (ns-eval equivalent, test views)")
     from nerfstudio.utils.eval_utils import eval_setup
 
     _, pipeline, _, step = eval_setup(config_path, test_mode="test")  # loaded once, used twice
@@ -125,6 +127,26 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     sizes = estimated_size(pipeline.model)
     save_comparison(pipeline, output_dir / "render.png")
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
+
+    CONSOLE.rule("[bold]4/5 export: nerfcodec export")
+    from nerfcodec_ns.decode import build_model, decode_file, write_run
+    from nerfcodec_ns.export import ExportError, export_run
+
+    nfc = output_dir / "scene.nfc"
+    CONSOLE.print(f"$ nerfcodec export --load-config {config_path} --output-path {nfc}")
+    try:
+        exported = export_run(config_path, nfc)
+    except ExportError as err:
+        raise UserError(str(err)) from err
+    CONSOLE.print(f"wrote {nfc}: {exported.num_bytes:,} bytes in {exported.seconds:.2f} s")
+
+    CONSOLE.rule("[bold]5/5 decode: nerfcodec decode, then evaluate the decoded scene")
+    decoded_dir = output_dir / "decoded"
+    CONSOLE.print(f"$ nerfcodec decode {nfc} --output-dir {decoded_dir}")
+    decoded = write_run(nfc, decoded_dir)
+    CONSOLE.print(f"decoded in {decoded.decode_seconds:.2f} s; run folder written in {decoded.write_seconds:.1f} s")
+    pipeline._model = build_model(decode_file(nfc)).to(pipeline.device)  # the decoded scene, same test views
+    decoded_metrics = evaluate_run(pipeline, step)
     summary = {
         "scene": str(scene),
         "config": str(config_path),
@@ -135,6 +157,12 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
         "test_lpips": round(metrics["lpips"], 4) if "lpips" in metrics else None,
         "checkpoint_bytes": ckpts[-1].stat().st_size if ckpts else None,
         **{k: round(v) for k, v in sizes.items()},
+        "scene_file": str(nfc),
+        "scene_file_bytes": exported.num_bytes,
+        "export_s": round(exported.seconds, 2),
+        "decode_s": round(decoded.decode_seconds, 3),
+        "decoded_config": str(decoded.config_path),
+        "decoded_test_psnr_db": round(decoded_metrics["psnr"], 2),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -150,7 +178,11 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
         table.add_row("compressed (estimate)", f"{sizes['total_bytes_est'] / 1e3:.1f} kB "
                       f"({sizes['planes_float32_bytes'] / sizes['total_bytes_est']:.0f}x smaller than the planes)")
     table.add_row("checkpoint size", f"{summary['checkpoint_bytes'] / 1e6:.1f} MB" if ckpts else "-")
+    table.add_row("scene file", f"{nfc}: {exported.num_bytes / 1e3:.1f} kB "
+                  f"({sizes['planes_float32_bytes'] / exported.num_bytes:.0f}x smaller than the planes)")
+    table.add_row("test PSNR decoded from the file", f"{summary['decoded_test_psnr_db']:.2f} dB")
+    table.add_row("decode time", f"{decoded.decode_seconds:.2f} s")
     table.add_row("comparison image", str(output_dir / "render.png"))
-    table.add_row("view it", f"ns-viewer --load-config {config_path}")
+    table.add_row("view the decoded scene", f"ns-viewer --load-config {decoded.config_path}")
     CONSOLE.print(table)
     return summary

@@ -160,7 +160,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                                    codec.config.adapt_heads, codec.config.latent_gain),
             render=nb.RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
-                grid_resolution=int(model.config.grid_resolution), alpha_thre=model.config.alpha_thre,
+                grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),
                 early_stop_eps=model.config.early_stop_eps, near_plane=model.config.near_plane,
                 background=model.config.background_color,
             ),
@@ -171,6 +171,12 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     finally:
         model.to(device)
         model.train(was_training)
+
+
+def effective_alpha_thre(model: "NerfcodecModel") -> float:
+    """The opacity threshold the sampler really uses: the configured one capped by the mean grid
+    occupancy value, as nerfacc does (the decoder gets this number and a grid whose cap never binds)."""
+    return min(float(model.config.alpha_thre), float(model.sampler.estimator.occs.mean()))
 
 
 class ExportResult(NamedTuple):

@@ -216,3 +216,19 @@ def test_info_bad_file_one_line(tmp_path, capsys):
     assert entrypoint(["info", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
+
+
+@pytest.mark.parametrize("occupied_cells", [1, None])
+def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_nfc, tiny_backbone, occupied_cells):
+    """The sampler caps alpha_thre by the mean occupancy value (as nerfacc does); the decoded grid
+    must never change the threshold the file says, even when almost no cell is occupied."""
+    from nerfcodec_ns.export import effective_alpha_thre
+
+    scene = decode_file(tiny_nfc[0], tiny_backbone)
+    if occupied_cells is not None:
+        grid = torch.zeros_like(scene.grid)
+        grid.view(-1)[:occupied_cells] = True
+        scene = scene._replace(grid=grid)
+    model = build_model(scene)
+    assert effective_alpha_thre(model) == scene.header.render.alpha_thre
+    assert torch.equal(model.sampler.binaries, scene.grid)
