@@ -321,9 +321,13 @@ def render_views(model: "NerfcodecModel", scene: DecodedScene, folder: Path, siz
     """Render every training camera at ``size`` px (longer side) into ``folder/<i>.png``."""
     from PIL import Image
 
+    import warnings
+
     folder.mkdir(parents=True)
     cams = camera_batch(scene.header, scene.poses, size)
     for i in range(len(scene.poses)):
-        out = model.get_outputs_for_camera(cams[i : i + 1])
+        with warnings.catch_warnings():  # nerfstudio's camera code warns about torch indexing each call
+            warnings.simplefilter("ignore", UserWarning)
+            out = model.get_outputs_for_camera(cams[i : i + 1])
         img = (out["rgb"].clamp(0, 1) * 255).round().byte().cpu().numpy()
         Image.fromarray(img).save(folder / f"{i:05d}.png")
