@@ -128,7 +128,8 @@ def decode_bitstream(bs: nb.Bitstream, weights: Optional[Path] = None) -> Decode
     )
     with torch.random.fork_rng(devices=[]):  # the codec's fresh layers are overwritten; keep global RNG intact
         torch.manual_seed(0)
-        codec = PlaneCodec(config, h.field.channels, h.field.resolutions, backbone=backbone).eval()
+        codec = PlaneCodec(config, h.field.channels, h.field.resolutions, backbone=backbone,
+                           copy_backbone=False).eval()
     _load_codec_state(codec, bs)
     planes = []
     for level, shape in enumerate(h.levels):
