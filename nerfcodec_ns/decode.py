@@ -289,6 +289,7 @@ def write_run(
         (run_dir / "config.yml").write_text(yaml.dump(config), "utf8")
         state = {"_model." + k: v for k, v in model.state_dict().items()}
         torch.save({"step": 0, "pipeline": state}, run_dir / "nerfstudio_models" / "step-000000000.ckpt")
+        os.chmod(tmp, 0o777 & ~nb._current_umask())  # mkdtemp makes it 0700; a run folder is a normal folder
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)

@@ -179,6 +179,13 @@ def effective_alpha_thre(model: "NerfcodecModel") -> float:
     return min(float(model.config.alpha_thre), float(model.sampler.estimator.occs.mean()))
 
 
+def scene_file_size(model: "NerfcodecModel", dataparser_outputs) -> int:
+    """Exact size in bytes of the scene file the model's current state exports to (what
+    ``export_run`` would write from a checkpoint of this state)."""
+    o = dataparser_outputs
+    return len(nb.pack(build_bitstream(model, o.cameras, o.dataparser_transform, o.dataparser_scale)))
+
+
 class ExportResult(NamedTuple):
     """What :func:`export_run` wrote."""
 

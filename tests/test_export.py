@@ -149,3 +149,16 @@ def test_grid_bits_round_trip_and_reject_other_lengths():
         nb.decode_bits(payload, (16, 16, 8))
     with pytest.raises(nb.BitstreamError):
         nb.decode_bits(payload[:-2], mask.shape)
+
+
+def test_training_logs_the_exact_file_size_at_its_last_step(tiny_run, tiny_nfc):
+    """The size logged at the end of training (size_file_bytes) is the size of the exported file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tiny_run.parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    tag = "Train Metrics Dict/size_file_bytes"
+    assert tag in acc.Tags()["scalars"], acc.Tags()["scalars"]
+    last = acc.Scalars(tag)[-1]
+    assert last.step == 29
+    assert int(last.value) == tiny_nfc[0].stat().st_size

@@ -58,11 +58,12 @@ def test_eval_setup_loads_checkpoint(tiny_run):
     assert 5.0 < float(line[3]) < 60.0
 
 
-def test_resume_from_checkpoint(tiny_run, tiny_scene, tmp_path):
+def test_resume_from_checkpoint(tiny_run, tiny_scene, tiny_backbone, tmp_path):
     res = run_cli([
         str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(tmp_path),
         "--load-dir", str(tiny_run.parent / "nerfstudio_models"), "--max-num-iterations", "3",
-        "--vis", "tensorboard", *TINY_MODEL_ARGS, "blender-data",
+        "--vis", "tensorboard", *TINY_MODEL_ARGS, "--pipeline.model.codec.weights", str(tiny_backbone),
+        "blender-data",
     ])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "Done loading Nerfstudio checkpoint" in res.stdout + res.stderr
