@@ -232,3 +232,13 @@ def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_nfc, tiny_back
     model = build_model(scene)
     assert effective_alpha_thre(model) == scene.header.render.alpha_thre
     assert torch.equal(model.sampler.binaries, scene.grid)
+
+
+def test_ns_render_renders_the_decoded_run(decoded_run, tmp_path):
+    from conftest import BIN, run_cli
+
+    out = tmp_path / "renders"
+    res = run_cli([str(BIN / "ns-render"), "dataset", "--load-config", str(decoded_run.config_path),
+                   "--output-path", str(out), "--split", "train", "--rendered-output-names", "rgb"], timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((out / "train" / "rgb").glob("*.jpg"))) == 8, "one image per camera stored in the file"
