@@ -15,6 +15,7 @@ from typing import Annotated, Optional, Union
 import tyro
 
 # Cheap: torch is already imported by the package; compressai is imported only when a command runs.
+from nerfcodec_ns.export import ExportBitstream
 from nerfcodec_ns.pretrain import PretrainConfig
 
 
@@ -165,23 +166,6 @@ class EvalCodec:
 
 
 @dataclass
-class Export:
-    """Write a trained run as one compressed scene file (same as `ns-export nerfcodec-bitstream`)."""
-
-    load_config: Path
-    """The run's config.yml (from ns-train nerfcodec)."""
-    output_path: Path = Path("scene.nfc")
-    """Scene file to write (atomically; an existing file is kept unless --overwrite)."""
-    overwrite: bool = False
-    """Replace an existing --output-path."""
-
-    def main(self) -> None:
-        from nerfcodec_ns.export import ExportBitstream
-
-        ExportBitstream(self.load_config, self.output_path, self.overwrite).main()
-
-
-@dataclass
 class Decode:
     """Decode a scene file into a run folder that ns-viewer, ns-render and ns-eval load."""
 
@@ -287,7 +271,7 @@ Commands = Union[
     Annotated[Demo, tyro.conf.subcommand(name="demo")],
     Annotated[PretrainCodec, tyro.conf.subcommand(name="pretrain-codec")],
     Annotated[EvalCodec, tyro.conf.subcommand(name="eval-codec")],
-    Annotated[Export, tyro.conf.subcommand(name="export")],
+    Annotated[ExportBitstream, tyro.conf.subcommand(name="export")],
     Annotated[Decode, tyro.conf.subcommand(name="decode")],
     Annotated[Info, tyro.conf.subcommand(name="info")],
 ]

@@ -15,9 +15,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -115,7 +114,7 @@ def decode_bitstream(bs: nb.Bitstream, weights: Optional[Path] = None) -> Decode
     """Decode every part of a scene file on the CPU (deterministic: integer entropy decoding,
     fixed-order float ops)."""
     from nerfcodec_ns.codec import CodecConfig, CompressedLevel, PlaneCodec
-    from nerfcodec_ns.field import TriplaneField, TriplaneFieldSpec
+    from nerfcodec_ns.field import TriplaneField
 
     h = bs.header
     if h.model_id != nb.MODEL_ID:
@@ -225,6 +224,8 @@ class DecodeResult(NamedTuple):
     write_seconds: float
     """Building the model, rendering the view images and writing the run folder."""
     run_bytes: int
+    model: "NerfcodecModel"
+    """The decoded model the run folder holds (CPU, eval mode)."""
 
 
 def write_run(
@@ -298,7 +299,7 @@ def write_run(
         raise
     write_s = time.perf_counter() - t1
     return DecodeResult(output_dir / name / "nerfcodec" / "decoded" / "config.yml", decode_s, write_s,
-                        _folder_bytes(output_dir))
+                        _folder_bytes(output_dir), model)
 
 
 def camera_batch(header: nb.Header, poses: np.ndarray, size: Optional[int] = None):

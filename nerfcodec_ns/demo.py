@@ -60,17 +60,16 @@ def evaluate_run(pipeline, step: int) -> Dict[str, float]:
 
 def estimated_size(model) -> Dict[str, float]:
     """Estimated transmitted size of the trained model (latents from the eval-mode likelihoods, plus
-    every other transmitted part) and the size of its float32 planes, in bytes."""
-    import torch
-
+    every other transmitted part: :func:`nerfcodec_ns.export.estimated_sizes`) and the size of its
+    float32 planes, in bytes."""
     planes_bytes = sum(p.numel() * 4 for p in model.field.plane_list())
     if model.codec is None:
         return {"planes_float32_bytes": planes_bytes}
-    with torch.no_grad():
-        latent_bits = sum(float(out.bits) for out in model.code_planes())
-    other = sum(model.transmitted_sizes().values())
-    return {"planes_float32_bytes": planes_bytes, "latent_bytes_est": latent_bits / 8,
-            "total_bytes_est": latent_bits / 8 + other}
+    from nerfcodec_ns.export import estimated_sizes
+
+    parts = estimated_sizes(model)
+    return {"planes_float32_bytes": planes_bytes, "latent_bytes_est": parts["y"] + parts["z"],
+            "total_bytes_est": sum(parts.values())}
 
 
 def save_comparison(pipeline, out_png: Path) -> None:
@@ -129,7 +128,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
 
     CONSOLE.rule("[bold]4/5 export: nerfcodec export")
-    from nerfcodec_ns.decode import build_model, decode_file, write_run
+    from nerfcodec_ns.decode import write_run
     from nerfcodec_ns.export import ExportError, export_run
 
     nfc = output_dir / "scene.nfc"
@@ -145,7 +144,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     CONSOLE.print(f"$ nerfcodec decode {nfc} --output-dir {decoded_dir}")
     decoded = write_run(nfc, decoded_dir)
     CONSOLE.print(f"decoded in {decoded.decode_seconds:.2f} s; run folder written in {decoded.write_seconds:.1f} s")
-    pipeline._model = build_model(decode_file(nfc)).to(pipeline.device)  # the decoded scene, same test views
+    pipeline._model = decoded.model.to(pipeline.device)  # the decoded scene, same test views
     decoded_metrics = evaluate_run(pipeline, step)
     summary = {
         "scene": str(scene),

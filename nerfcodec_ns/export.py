@@ -121,8 +121,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     was_training = model.training
     model.eval()
     try:
-        model.cpu()
-        codec.update(force=True)
+        model.cpu()  # compress() refreshes the float16 snapping and CDF tables (update) per level
         spec = model.field.spec
         sections: List[nb.Section] = []
         levels = []

@@ -75,3 +75,12 @@ def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
     config = out / "tiny" / "nerfcodec" / "t0" / "config.yml"
     assert config.exists(), res.stdout[-2000:]
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_nfc(tiny_run, tmp_path_factory):
+    """The tiny run exported in-process: (path, ExportResult)."""
+    from nerfcodec_ns.export import export_run
+
+    path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
+    return path, export_run(tiny_run, path)

@@ -15,8 +15,6 @@ from nerfcodec_ns import bitstream as nb
 from nerfcodec_ns.cli import entrypoint
 from nerfcodec_ns.decode import DecodeError, build_model, decode_bitstream, decode_file
 
-from test_export import tiny_nfc  # noqa: F401  (session fixture)
-
 
 @pytest.fixture(scope="session")
 def trained(tiny_run):

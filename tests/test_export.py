@@ -4,7 +4,6 @@ size accounting, and refusals."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,15 +24,6 @@ def _require_ns_export() -> None:
     if res.returncode != 0:
         pytest.skip("ns-export cannot start: open3d does not import (missing libusb-1.0-0? "
                     f"sudo apt-get install libusb-1.0-0): {res.stderr.strip().splitlines()[-1:]}")
-
-
-@pytest.fixture(scope="session")
-def tiny_nfc(tiny_run, tmp_path_factory):
-    """The tiny run exported in-process: (path, ExportResult)."""
-    from nerfcodec_ns.export import export_run
-
-    path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
-    return path, export_run(tiny_run, path)
 
 
 def test_ns_export_help_lists_the_subcommand():
