@@ -12,9 +12,10 @@ import torch
 import codec_rd as R
 from trainer_step import train_step
 
+from nerfcodec_ns.bench import load_base
 from nerfcodec_ns.metrics import psnr
 
-base_cfg, state, _ = R._load_base(R._base_config(Path("outputs/quality_cpu")))
+base_cfg, state, _ = load_base(R._base_config(Path("outputs/quality_cpu")))
 # warm-up only (the joint stage never starts), codec lr 1e-3, head lr 3e-3, the default codec lambda
 args = R.Args(codec_lr=1e-3, heads_lr=3e-3, warmup_steps=10**6)
 tr = R.setup_codec_trainer(args, base_cfg, state, {}, lmbda=1e-5)

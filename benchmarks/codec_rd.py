@@ -15,6 +15,7 @@ setting, and measures on the val split:
         --out docs/bench/codec_rd_lego200.json
 
 Ablations (at --ablation-lambda): random backbone, no feature compensation, frozen pre-trained heads.
+Settings that differ only in lambda share one codec warm-up (run at the middle lambda).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import copy
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import tyro
+
+from nerfcodec_ns.bench import eval_indices, load_base, load_field  # noqa: E402
 
 
 @dataclass
@@ -75,37 +77,6 @@ def _base_config(base: Path) -> Path:
     return configs[-1]
 
 
-def _load_base(config_path: Path):
-    """The base run's TrainerConfig and its newest checkpoint's pipeline state."""
-    import torch
-    import yaml
-
-    import nerfcodec_ns  # noqa: F401  (safe globals for the checkpoint)
-
-    cfg = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    ckpt_dir = config_path.parent / "nerfstudio_models"
-    ckpt = sorted(ckpt_dir.glob("step-*.ckpt"))[-1]
-    state = torch.load(ckpt, map_location="cpu")
-    return cfg, state["pipeline"], int(state["step"])
-
-
-def load_field(model, pipeline_state: Dict) -> None:
-    """Load the base field (planes, MLPs, occupancy grid) into a model; only codec entries may be missing."""
-    state = {k[len("_model."):]: v for k, v in pipeline_state.items() if k.startswith("_model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not (k.startswith("codec.") or k == "codec_stage")] + list(unexpected)
-    if bad:
-        raise RuntimeError(f"base checkpoint does not match the model: {bad[:5]}")
-
-
-def _eval_indices(n_total: int, n: int) -> List[int]:
-    if n <= 0 or n >= n_total:
-        return list(range(n_total))
-    if n == 1:
-        return [0]
-    return [round(i * (n_total - 1) / (n - 1)) for i in range(n)]
-
-
 def evaluate(pipeline, indices: List[int]) -> float:
     """Mean PSNR (dB) over the given val images, rendered by the model as it is (eval mode)."""
     import torch
@@ -147,73 +118,78 @@ def measure_size(model) -> Dict[str, float]:
 
 def setup_codec_trainer(args: Args, base_cfg, base_state, codec_overrides: Dict, lmbda: float):
     """A Trainer for the codec stages (warm-up from step 0, then joint) on the loaded base field."""
-    import torch
-    from nerfstudio.engine.optimizers import AdamOptimizerConfig
-
+    from nerfcodec_ns.bench import BenchConfig, codec_trainer
     from nerfcodec_ns.codec import CodecConfig
 
-    torch.manual_seed(0)
-    cfg = copy.deepcopy(base_cfg)
-    cfg.pipeline.model.codec_enabled = True
-    cfg.pipeline.model.codec = CodecConfig(**{"weights": args.weights, "latent_gain": args.latent_gain,
-                                                    "clip_sigmas": args.clip_sigmas, **codec_overrides})
-    cfg.pipeline.model.codec_field_steps = 0
-    cfg.pipeline.model.codec_warmup_steps = args.warmup_steps
-    cfg.pipeline.model.codec_lambda = lmbda
-    cfg.pipeline.model.occ_warmup_steps = 0  # the grid comes from the base field
-    cfg.optimizers["planes"] = {"optimizer": AdamOptimizerConfig(lr=args.planes_lr, eps=1e-15), "scheduler": None}
-    cfg.optimizers["fields"] = {"optimizer": AdamOptimizerConfig(lr=args.fields_lr, eps=1e-15), "scheduler": None}
-    cfg.optimizers["codec"] = {"optimizer": AdamOptimizerConfig(lr=args.codec_lr, eps=1e-15), "scheduler": None}
-    cfg.optimizers["codec_heads"] = {"optimizer": AdamOptimizerConfig(lr=args.heads_lr, eps=1e-15), "scheduler": None}
-    cfg.output_dir = Path(tempfile.mkdtemp(prefix="codec_rd_"))
-    cfg.vis = "tensorboard"
-    cfg.load_dir = None
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    load_field(trainer.pipeline.model, base_state)
-    return trainer
+    bench = BenchConfig(data=Path("."), warmup_steps=args.warmup_steps, codec_lr=args.codec_lr, heads_lr=args.heads_lr,
+                        planes_lr=args.planes_lr, fields_lr=args.fields_lr)
+    codec = CodecConfig(**{"weights": args.weights, "latent_gain": args.latent_gain, "clip_sigmas": args.clip_sigmas,
+                           **codec_overrides})
+    return codec_trainer(bench, base_cfg, base_state, lmbda, codec=codec)
 
 
-def run_setting(args: Args, name: str, base_cfg, base_state, codec_overrides: Dict, lmbda: float, indices) -> Dict:
+def _train(trainer, name: str, steps: range, log: List[Dict]) -> None:
     from trainer_step import train_step
 
-    trainer = setup_codec_trainer(args, base_cfg, base_state, codec_overrides, lmbda)
     model = trainer.pipeline.model
-    steps = args.warmup_steps + args.joint_steps
-    t0 = time.perf_counter()
-    t_joint = None
-    log = []
-    for step in range(steps):
-        if step == args.warmup_steps:
-            t_joint = time.perf_counter()
+    for step in steps:
         _, loss_dict, metrics = train_step(trainer, step)
-        if step % 25 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == steps[-1]:
             log.append({"step": step, "stage": int(model.codec_stage), "train_psnr": round(float(metrics["psnr"]), 2),
                         "rec_loss": round(float(loss_dict.get("codec_rec", float("nan"))), 5),
                         "est_total_bytes": round(float(metrics.get("size_total_bytes", float("nan"))))})
             print(name, log[-1], flush=True)
-    t_end = time.perf_counter()
-    psnr_decoded = evaluate(trainer.pipeline, indices)
-    size = measure_size(model)
-    result = {
-        "name": name, "lambda": lmbda,
-        "codec": {"weights": args.weights, "latent_gain": args.latent_gain, "clip_sigmas": args.clip_sigmas,
-                  **codec_overrides},
-        "val_psnr_decoded": round(psnr_decoded, 3), **size,
-        "warmup_s_per_step": round((t_joint - t0) / max(1, args.warmup_steps), 3),
-        "joint_s_per_step": round((t_end - t_joint) / max(1, args.joint_steps), 3),
-        "train_log": log,
-    }
-    print(json.dumps({k: v for k, v in result.items() if k != "train_log"}), flush=True)
-    return result
+
+
+def run_group(args: Args, names: List[str], base_cfg, base_state, codec_overrides: Dict, lambdas: List[float],
+              warmup_lambda: float, indices) -> List[Dict]:
+    """Settings that differ only in lambda share ONE codec warm-up (run at ``warmup_lambda``): its
+    end state (model and optimizers) is restored before each lambda's joint stage."""
+    import torch
+
+    trainer = setup_codec_trainer(args, base_cfg, base_state, codec_overrides, warmup_lambda)
+    model = trainer.pipeline.model
+    warm_log: List[Dict] = []
+    t0 = time.perf_counter()
+    _train(trainer, "+".join(names) + " warm-up", range(args.warmup_steps), warm_log)
+    warm_s = time.perf_counter() - t0
+    snapshot = None
+    if len(lambdas) > 1:
+        snapshot = (copy.deepcopy(model.state_dict()),
+                    {k: copy.deepcopy(o.state_dict()) for k, o in trainer.optimizers.optimizers.items()})
+    results = []
+    for i, (name, lmbda) in enumerate(zip(names, lambdas)):
+        if i > 0 and snapshot is not None:
+            model.load_state_dict(snapshot[0])
+            for k, o in trainer.optimizers.optimizers.items():
+                o.load_state_dict(copy.deepcopy(snapshot[1][k]))
+        model.config.codec_lambda = lmbda
+        torch.manual_seed(1)
+        log = list(warm_log)
+        t1 = time.perf_counter()
+        _train(trainer, name, range(args.warmup_steps, args.warmup_steps + args.joint_steps), log)
+        t_end = time.perf_counter()
+        psnr_decoded = evaluate(trainer.pipeline, indices)
+        size = measure_size(model)
+        result = {
+            "name": name, "lambda": lmbda, "warmup_lambda": warmup_lambda, "shared_warmup": names,
+            "codec": {"weights": args.weights, "latent_gain": args.latent_gain, "clip_sigmas": args.clip_sigmas,
+                      **codec_overrides},
+            "val_psnr_decoded": round(psnr_decoded, 3), **size,
+            "warmup_s_per_step": round(warm_s / max(1, args.warmup_steps), 3),
+            "joint_s_per_step": round((t_end - t1) / max(1, args.joint_steps), 3),
+            "train_log": log,
+        }
+        print(json.dumps({k: v for k, v in result.items() if k != "train_log"}), flush=True)
+        results.append(result)
+    return results
 
 
 def main(args: Args) -> Dict:
     import torch
 
     config_path = _base_config(args.base)
-    base_cfg, base_state, base_step = _load_base(config_path)
+    base_cfg, base_state, base_step = load_base(config_path)
     print(f"base field: {config_path} (step {base_step})", flush=True)
 
     # uncompressed reference, same images
@@ -222,7 +198,7 @@ def main(args: Args) -> Dict:
     cfg0.pipeline.model.codec_enabled = False
     pipeline0 = cfg0.pipeline.setup(device="cpu", test_mode="val")
     load_field(pipeline0.model, base_state)
-    indices = _eval_indices(len(pipeline0.datamanager.eval_dataset), args.eval_images)
+    indices = eval_indices(len(pipeline0.datamanager.eval_dataset), args.eval_images)
     psnr_base = evaluate(pipeline0, indices)
     planes_bytes = sum(p.numel() * 4 for p in pipeline0.model.field.plane_list())
     print(f"uncompressed val PSNR {psnr_base:.3f} dB over {len(indices)} images, planes {planes_bytes} B", flush=True)
@@ -245,14 +221,20 @@ def main(args: Args) -> Dict:
         "runs": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    groups: Dict[str, List] = {}
     for name, overrides, lm in settings:
-        res = run_setting(args, name, base_cfg, base_state, overrides, lm, indices)
-        res["ratio_vs_planes"] = round(planes_bytes / res["total_bytes"], 1)
-        res["psnr_drop_db"] = round(psnr_base - res["val_psnr_decoded"], 3)
-        result["runs"].append(res)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, args.out)
+        groups.setdefault(json.dumps(overrides, sort_keys=True), []).append((name, overrides, lm))
+    for members in groups.values():
+        names = [m[0] for m in members]
+        lambdas = [m[2] for m in members]
+        warm_lambda = mid if mid in lambdas else sorted(lambdas)[len(lambdas) // 2]
+        for res in run_group(args, names, base_cfg, base_state, members[0][1], lambdas, warm_lambda, indices):
+            res["ratio_vs_planes"] = round(planes_bytes / res["total_bytes"], 1)
+            res["psnr_drop_db"] = round(psnr_base - res["val_psnr_decoded"], 3)
+            result["runs"].append(res)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, args.out)
     return result
 
 

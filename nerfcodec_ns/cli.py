@@ -1,5 +1,5 @@
 """``nerfcodec``: the plugin's own command line (scene generation, demo, codec pre-training and
-evaluation, export, decode, info).
+evaluation, export, decode, info, the rate-distortion bench).
 
 Errors a user can cause (bad paths, existing outputs) end with a one-line message and exit code 2,
 never a traceback.
@@ -15,6 +15,7 @@ from typing import Annotated, Optional, Union
 import tyro
 
 # Cheap: torch is already imported by the package; compressai is imported only when a command runs.
+from nerfcodec_ns.bench import BenchConfig
 from nerfcodec_ns.export import ExportBitstream
 from nerfcodec_ns.pretrain import PretrainConfig
 
@@ -241,6 +242,20 @@ class Info:
         _print_table("header", ["", "value"], meta)
 
 
+@dataclass
+class Bench(BenchConfig):
+    """Rate-distortion of NeRFCodec against the alternatives (raw, quantization + zlib/lzma/zstd, PNG,
+    JPEG, WebP, AVIF, non-adapted CompressAI) from one trained field: results.json, rd.png, BD-rates."""
+
+    def main(self) -> None:
+        from nerfcodec_ns.bench import BenchError, run_bench
+
+        try:
+            run_bench(self)
+        except BenchError as err:
+            raise UserError(str(err)) from err
+
+
 def _check_output_file(path: Path) -> None:
     """An output file's folder must exist and be writable (a real probe: this also holds for root)."""
     import tempfile
@@ -274,6 +289,7 @@ Commands = Union[
     Annotated[ExportBitstream, tyro.conf.subcommand(name="export")],
     Annotated[Decode, tyro.conf.subcommand(name="decode")],
     Annotated[Info, tyro.conf.subcommand(name="info")],
+    Annotated[Bench, tyro.conf.subcommand(name="bench")],
 ]
 
 

@@ -576,6 +576,10 @@ class PlaneCodec(nn.Module):
             self.context_prediction = model.context_prediction
             self.entropy_parameters = model.entropy_parameters
 
+        # the quantization gain in use (starts at config.latent_gain; rate control may retune it at the
+        # end of training), kept in checkpoints and written to the scene file's header
+        self.register_buffer("latent_gain", torch.tensor(float(config.latent_gain)))
+
         vectors = []
         for r in (self.resolutions if config.compensation else ()):
             v = torch.zeros(3, C, r)
@@ -596,6 +600,11 @@ class PlaneCodec(nn.Module):
     def g_s_head(self) -> QuantizedHead:
         """The content-specific decoder head (last layer of ``g_s``)."""
         return self.g_s[-1]  # type: ignore[return-value]
+
+    @property
+    def gain(self) -> float:
+        """The latent quantization gain in use (see ``CodecConfig.latent_gain``)."""
+        return float(self.latent_gain)
 
     @property
     def autoregressive(self) -> bool:
@@ -689,7 +698,7 @@ class PlaneCodec(nn.Module):
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         params = self.h_s(z_hat)
-        g = self.config.latent_gain
+        g = self.gain
         if self.architecture == "bmshj2018-hyperprior":
             y_hat, y_likelihoods = self.gaussian_conditional(y * g, params * g)
             y_hat = y_hat / g
@@ -766,7 +775,7 @@ class PlaneCodec(nn.Module):
             return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
 
     def _compress_y(self, y: Tensor, params: Tensor) -> List[bytes]:
-        gc, g = self.gaussian_conditional, self.config.latent_gain
+        gc, g = self.gaussian_conditional, self.gain
         if self.architecture == "bmshj2018-hyperprior":
             return gc.compress(y * g, gc.build_indexes(params * g))
         if self.architecture == "mbt2018-mean":
@@ -783,7 +792,7 @@ class PlaneCodec(nn.Module):
         ]
 
     def _decompress_y(self, strings: List[bytes], params: Tensor) -> Tensor:
-        gc, g = self.gaussian_conditional, self.config.latent_gain
+        gc, g = self.gaussian_conditional, self.gain
         if self.architecture == "bmshj2018-hyperprior":
             return gc.decompress(strings, gc.build_indexes(params * g), params.dtype) / g
         if self.architecture == "mbt2018-mean":

@@ -156,7 +156,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                                spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree),
             levels=tuple(levels),
             codec=nb.CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
-                                   codec.config.adapt_heads, codec.config.latent_gain),
+                                   codec.config.adapt_heads, codec.gain),
             render=nb.RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
                 grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),

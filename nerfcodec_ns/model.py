@@ -14,6 +14,7 @@ Training stages (set by the step; ``codec_stage`` is kept in the checkpoint):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
 
@@ -30,6 +31,7 @@ from nerfstudio.utils import colormaps
 from nerfcodec_ns.codec import CodecConfig, CodecOutput
 from nerfcodec_ns.field import TriplaneField, TriplaneFieldSpec
 from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
+from nerfcodec_ns.ratecontrol import RateController
 from nerfcodec_ns.rendering import accumulate_along_rays, render_weights
 from nerfcodec_ns.sampler import OccupancySampler, PackedSamples, nerfacc_usable
 
@@ -95,6 +97,17 @@ class NerfcodecModelConfig(ModelConfig):
     """Stage 1: steps of codec warm-up on the frozen planes (feature reconstruction + rate)."""
     codec_lambda: float = 1e-5
     """Rate-distortion trade-off: weight of the estimated latent size in kilobytes (y + z) in the loss."""
+    codec_target_bytes: int = 0
+    """Size budget of the exported scene file in bytes (0: off, lambda stays ``codec_lambda``). When set,
+    training adjusts lambda, starting from ``codec_lambda``, so that the file lands on the budget
+    (``nerfcodec_ns/ratecontrol.py``); the current lambda is logged as ``codec_lambda``."""
+    rate_control_gain: float = 0.05
+    """Rate control: change of log lambda per step per unit of log size error."""
+    rate_control_land_tolerance: float = 0.02
+    """Rate control: at the last step, when the file is further than this fraction from the target,
+    retune the latent quantization gain to land on it (see ``NerfcodecModel.land_on_target``)."""
+    rate_control_calibrate_every: int = 100
+    """Rate control: build the real scene file every this many steps to calibrate the size estimate."""
     codec_rec_mult: float = 1.0
     """Weight of the warm-up feature-reconstruction loss (MSE of the normalized planes)."""
     log_file_size_every: int = 1000
@@ -138,6 +151,13 @@ class NerfcodecModel(Model):
 
             spec = self.field.spec
             self.codec = PlaneCodec(self.config.codec, spec.num_channels, spec.resolutions)
+        self._rate: Optional[RateController] = None
+        self._last_size_estimate: Optional[float] = None
+        if self.codec is not None and self.config.codec_target_bytes > 0:
+            self._rate = RateController(float(self.config.codec_target_bytes), math.log(self.config.codec_lambda),
+                                        gain=self.config.rate_control_gain)
+            # kept in checkpoints, so a resumed run continues with the lambda it reached
+            self.register_buffer("codec_log_lambda", torch.tensor(self._rate.log_lambda, dtype=torch.float64))
         self._decoded_cache: Optional[Tuple[tuple, List[Tensor]]] = None
         self._grid_bytes: Optional[Tuple[Tensor, int, int]] = None
 
@@ -186,9 +206,38 @@ class NerfcodecModel(Model):
                 return
             writer.put_scalar(name="Train Metrics Dict/size_file_bytes", scalar=size, step=step)
 
+        def control_rate(step: int) -> None:
+            rate = self._rate
+            if rate is None or self.stage_at(step) < 1 or self._last_size_estimate is None:
+                return
+            from nerfstudio.utils import writer
+
+            from nerfcodec_ns.export import ExportError, scene_file_size
+
+            outputs = training_callback_attributes.pipeline.datamanager.train_dataparser_outputs
+            estimate = self._last_size_estimate
+            if rate.offset_bytes is None or step % max(1, self.config.rate_control_calibrate_every) == 0:
+                try:
+                    size = scene_file_size(self, outputs)
+                except ExportError:  # e.g. a random backbone: no file exists, control the estimate
+                    rate.offset_bytes = 0.0
+                else:
+                    rate.calibrate(size, estimate)
+                    writer.put_scalar(name="Train Metrics Dict/rate_control_file_bytes", scalar=size, step=step)
+            rate.log_lambda = float(self.codec_log_lambda)  # the checkpoint's value after a resume
+            rate.step(estimate)
+            self.codec_log_lambda.fill_(rate.log_lambda)
+            trainer = training_callback_attributes.trainer
+            last = trainer is not None and step == getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
+            if last and self.stage_at(step) >= 2:
+                landed = self.land_on_target(outputs)
+                if landed is not None:
+                    writer.put_scalar(name="Train Metrics Dict/rate_control_gain", scalar=landed[0], step=step)
+
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage),
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], update_grid),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], control_rate),  # may land the rate
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], log_file_size),
         ]
 
@@ -200,7 +249,7 @@ class NerfcodecModel(Model):
         """
         if self.codec is None or int(self.codec_stage) < 2:
             return None
-        params = [*self.field.planes, *self.codec.parameters()]
+        params = [*self.field.planes, *self.codec.parameters(), self.codec.latent_gain]
         key = (self.training, tuple(p._version for p in params))
         if self._decoded_cache is None or self._decoded_cache[0] != key:
             with torch.no_grad():
@@ -295,7 +344,72 @@ class NerfcodecModel(Model):
             metrics.update({"codec_y_bytes": y_bytes, "codec_z_bytes": z_bytes})
             metrics.update({f"size_{k}_bytes": torch.tensor(float(v)) for k, v in sizes.items()})
             metrics["size_total_bytes"] = y_bytes + z_bytes + sum(sizes.values())
+            metrics["codec_lambda"] = torch.tensor(self.codec_lambda())
+            self._last_size_estimate = float(metrics["size_total_bytes"])
         return metrics
+
+    def set_rate_target(self, target_bytes: int, lmbda: float) -> None:
+        """Restart training towards a new budget (``target_bytes`` > 0, from ``lmbda``) or with a fixed
+        ``lmbda`` (0). A budget needs a model built with ``codec_target_bytes`` > 0 (its lambda buffer)."""
+        self.config.codec_lambda, self.config.codec_target_bytes = float(lmbda), int(target_bytes)
+        if target_bytes <= 0:
+            self._rate = None
+            return
+        if not hasattr(self, "codec_log_lambda"):
+            raise ValueError("this model was built without rate control (codec_target_bytes = 0)")
+        self._rate = RateController(float(target_bytes), math.log(lmbda), gain=self.config.rate_control_gain)
+        self.codec_log_lambda.fill_(self._rate.log_lambda)
+
+    @torch.no_grad()
+    def land_on_target(self, dataparser_outputs, tolerance: Optional[float] = None) -> Optional[Tuple[float, int]]:
+        """Final rate match of a rate-controlled run: the size still reacts to lambda only through
+        training, so the last few percent are closed by retuning the latent quantization gain
+        (``codec.latent_gain``, written to the file header): bisection on log(gain) within 8x of the
+        current gain for the largest file not above the target. Does nothing when the file is already
+        within ``tolerance`` (default ``rate_control_land_tolerance``) of the target. Returns
+        ``(gain, file bytes)``, or None when nothing was changed."""
+        from nerfcodec_ns.export import ExportError, scene_file_size
+
+        target = float(self.config.codec_target_bytes)
+        if self.codec is None or target <= 0 or self.codec.autoregressive:
+            return None
+        tol = self.config.rate_control_land_tolerance if tolerance is None else tolerance
+
+        def size_at(gain: float) -> Tuple[float, int]:
+            self.codec.latent_gain.fill_(gain)  # float32: measure with exactly the gain a file would hold
+            return self.codec.gain, scene_file_size(self, dataparser_outputs)
+
+        g0 = self.codec.gain
+        try:
+            _, s0 = size_at(g0)
+        except ExportError:
+            return None
+        if abs(s0 / target - 1.0) <= tol:
+            return None
+        # size grows with the gain: bisection between the current gain and 8x coarser (file too big)
+        # or 8x finer (file too small) for the largest file not above the target
+        lo, hi = (math.log(g0 / 8.0), math.log(g0)) if s0 > target else (math.log(g0), math.log(g0 * 8.0))
+        best = (g0, s0) if s0 <= target else None
+        for _ in range(12):
+            gain, size = size_at(math.exp(0.5 * (lo + hi)))
+            if size <= target:
+                lo = math.log(gain)
+                if best is None or size > best[1]:
+                    best = (gain, size)
+                if size >= target * (1.0 - tol / 2):
+                    break
+            else:
+                hi = math.log(gain)
+        if best is None:  # even 8x coarser is too big: keep the coarsest
+            best = size_at(math.exp(lo))
+        self.codec.latent_gain.fill_(best[0])
+        return best
+
+    def codec_lambda(self) -> float:
+        """The rate weight in use: ``codec_lambda``, or the rate controller's current value."""
+        if self._rate is None:
+            return float(self.config.codec_lambda)
+        return math.exp(float(self.codec_log_lambda))
 
     def transmitted_sizes(self) -> Dict[str, int]:
         """Bytes of every transmitted part other than the latent strings: the codec's content-specific
@@ -321,7 +435,7 @@ class NerfcodecModel(Model):
         loss = {"rgb_loss": F.mse_loss(outputs["rgb"], gt)}
         if self.training and "codec_bits_y" in outputs and self.codec is not None:
             kbytes = (outputs["codec_bits_y"] + outputs["codec_bits_z"]) / 8000.0
-            loss["codec_rate"] = self.config.codec_lambda * kbytes
+            loss["codec_rate"] = self.codec_lambda() * kbytes
             loss["codec_aux"] = self.codec.aux_loss()
             if "codec_rec" in outputs:
                 loss["codec_rec"] = self.config.codec_rec_mult * outputs["codec_rec"]
