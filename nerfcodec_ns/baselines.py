@@ -543,16 +543,16 @@ class CompressAICoder(PlaneCoder):
 
 def default_coders(compressai_model: Any = None) -> List[PlaneCoder]:
     """The usual baseline set: float32, float16, quant8 x {zlib, lzma, zstd}, quant6 x {lzma, zstd},
-    PNG, JPEG and WEBP at qualities 95..15, AVIF at 90..30 (when Pillow has it), and, given a
+    PNG, JPEG and WEBP at qualities 95..5, AVIF at 90..5 (when Pillow has it), and, given a
     CompressAI model, :class:`CompressAICoder` at gains 0.5, 1, 2 and 4."""
     coders: List[PlaneCoder] = [RawCoder("float32"), RawCoder("float16")]
     coders += [QuantCoder(8, c) for c in ("zlib", "lzma", "zstd")]
     coders += [QuantCoder(6, c) for c in ("lzma", "zstd")]
     coders.append(ImageCoder("PNG"))
     for fmt in ("JPEG", "WEBP"):
-        coders += [ImageCoder(fmt, q) for q in (95, 85, 70, 50, 30, 15)]
+        coders += [ImageCoder(fmt, q) for q in (95, 85, 70, 50, 30, 15, 5)]
     if avif_supported():
-        coders += [ImageCoder("AVIF", q) for q in (90, 75, 60, 45, 30)]
+        coders += [ImageCoder("AVIF", q) for q in (90, 75, 60, 45, 30, 15, 5)]
     if compressai_model is not None:
         coders += [CompressAICoder(compressai_model, gain) for gain in (0.5, 1.0, 2.0, 4.0)]
     return coders

@@ -13,8 +13,8 @@ Stages (each timed, with a progress bar):
    joint stage per lambda (and per ``--budget``, with rate control), each exported to a real ``.nfc``
    file with :func:`nerfcodec_ns.export.build_bitstream`, decoded with :mod:`nerfcodec_ns.decode`
    and rendered.
-5. ``report``: ``results.json``, ``rd.png`` (PSNR vs kilobytes, log x), BD-rate / BD-PSNR of NeRFCodec
-   against each baseline family, and a rich table.
+5. ``report``: ``results.json``, ``rd.png`` (PSNR vs kilobytes, log x), ``report.md``, BD-rate /
+   BD-PSNR of NeRFCodec against each baseline family, and rich tables.
 
 Sizes are bytes of the files on disk; PSNR/SSIM (and LPIPS when its weights load) on the val split.
 """
@@ -314,6 +314,32 @@ def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Pa
                  file=str(path), encode_s=round(encode_s, 3), decode_s=round(decode_s, 3))
 
 
+def run_baselines(coders, pipeline, indices, folder: Path) -> List[Point]:
+    """Every coder's point on the pipeline's field (float32 files keep a float32 MLP, the others float16)."""
+    model, dataset = pipeline.model, pipeline.datamanager.eval_dataset
+    cameras = pipeline.datamanager.train_dataparser_outputs.cameras
+    common = {dt: common_sections(model, cameras, dt) for dt in ("float16", "float32")}
+    points = []
+    with _progress() as bar:
+        task = bar.add_task("baselines", total=len(coders), info="")
+        for coder in coders:
+            bar.update(task, info=coder.name)
+            sections = common["float32" if coder.name == "float32" else "float16"]
+            points.append(run_baseline(coder, model, dataset, indices, sections, folder))
+            bar.advance(task)
+    return points
+
+
+def reference_pipeline(base_cfg, base_state):
+    """A CPU val pipeline (codec off) holding the base field: the uncompressed reference."""
+    torch.manual_seed(0)
+    ref_cfg = copy.deepcopy(base_cfg)
+    ref_cfg.pipeline.model.codec_enabled = False
+    pipeline = ref_cfg.pipeline.setup(device="cpu", test_mode="val")
+    load_field(pipeline.model, base_state)
+    return pipeline
+
+
 # ----------------------------------------------------------------------------------------------
 # NeRFCodec points
 # ----------------------------------------------------------------------------------------------
@@ -425,7 +451,8 @@ def bd_table(points: Sequence[Point], anchor_family: str = "nerfcodec") -> Dict[
                 row[key] = round(fn(ref, mine), 2)
             except ValueError as err:
                 row[key] = None
-                row.setdefault("note", str(err))
+                note = str(err).replace("anchor curve", f"the {fam} curve").replace("test curve", "the NeRFCodec curve")
+                row.setdefault("note", note)
         table[fam] = row
     return table
 
@@ -487,6 +514,27 @@ def print_table(result: Dict[str, Any]) -> None:
     console.print(b)
 
 
+def markdown_report(result: Dict[str, Any]) -> str:
+    """The points (sorted by size) and the BD table as Markdown (what docs/results.md shows)."""
+    planes = result["planes_float32_bytes"]
+    ref = result["reference"]
+    lines = [f"Uncompressed field: **{ref['psnr']:.2f} dB** PSNR, SSIM {ref['ssim']:.4f} "
+             f"({result['num_eval_images']} val images); float32 planes {planes:,} B.", "",
+             "| point | family | file bytes | x smaller than float32 planes | PSNR (dB) | SSIM | LPIPS |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for p in sorted(result["points"], key=lambda p: p["bytes"]):
+        lp = "n/a" if p.get("lpips") is None else f"{p['lpips']:.4f}"
+        name = f"**{p['name']}**" if p["family"].startswith("nerfcodec") else p["name"]
+        lines.append(f"| {name} | {p['family']} | {p['bytes']:,} | {planes / p['bytes']:.0f} | {p['psnr']:.2f} | "
+                     f"{p['ssim']:.4f} | {lp} |")
+    lines += ["", "| NeRFCodec against | points on its front | BD-rate | BD-PSNR | note |", "|---|---:|---:|---:|---|"]
+    for fam, row in result.get("bd", {}).items():
+        rate = "n/a" if row["bd_rate_pct"] is None else f"{row['bd_rate_pct']:+.1f}%"
+        dp = "n/a" if row["bd_psnr_db"] is None else f"{row['bd_psnr_db']:+.2f} dB"
+        lines.append(f"| {fam} | {row['points']} | {rate} | {dp} | {row.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # the whole bench
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +546,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     """Run every stage (see the module docstring); returns the results written to results.json."""
-    from nerfcodec_ns.baselines import CompressAICoder, default_coders
+    from nerfcodec_ns.baselines import default_coders
     from nerfcodec_ns.codec import CodecConfig, load_backbone
 
     if cfg.base is None and not (cfg.data / "transforms_train.json").is_file():
@@ -522,12 +570,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     base_cfg.pipeline.datamanager.data = cfg.data if cfg.base is None else base_cfg.pipeline.datamanager.data
 
     t = time.perf_counter()
-    torch.manual_seed(0)
-    ref_cfg = copy.deepcopy(base_cfg)
-    ref_cfg.pipeline.model.codec_enabled = False
-    pipeline = ref_cfg.pipeline.setup(device="cpu", test_mode="val")
+    pipeline = reference_pipeline(base_cfg, base_state)
     model = pipeline.model
-    load_field(model, base_state)
     dataset = pipeline.datamanager.eval_dataset
     indices = eval_indices(len(dataset), cfg.eval_images)
     reference = evaluate(model, dataset, indices)
@@ -547,20 +591,11 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
 
     t = time.perf_counter()
     if cfg.baselines:
-        cameras = pipeline.datamanager.train_dataparser_outputs.cameras
-        common16 = common_sections(model, cameras, "float16")
-        common32 = common_sections(model, cameras, "float32")
         backbone, _ = load_backbone(CodecConfig(weights=cfg.weights))
-        coders = [c for c in default_coders(None)] + [CompressAICoder(backbone, gain=g) for g in (0.5, 1.0, 2.0, 4.0)]
+        coders = default_coders(backbone)
         if cfg.baseline_families:
             coders = [c for c in coders if c.family in cfg.baseline_families]
-        with _progress() as bar:
-            task = bar.add_task("baselines", total=len(coders), info="")
-            for coder in coders:
-                bar.update(task, info=coder.name)
-                common = common32 if coder.name == "float32" else common16
-                result["points"].append(run_baseline(coder, model, dataset, indices, common, points_dir))
-                bar.advance(task)
+        result["points"] += run_baselines(coders, pipeline, indices, points_dir)
         _write_json(cfg.output_dir / "results.json", result)
     times["baselines"] = time.perf_counter() - t
 
@@ -573,5 +608,6 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     result["times_s"] = {k: round(v, 1) for k, v in times.items()}
     plot(result["points"], reference["psnr"], cfg.output_dir / "rd.png", f"{cfg.data.name}: val PSNR vs scene file size")
     _write_json(cfg.output_dir / "results.json", result)
+    nb.write_atomic(cfg.output_dir / "report.md", markdown_report(result).encode(), overwrite=True)
     print_table(result)
     return result

@@ -28,6 +28,8 @@ def test_bench_writes_results_plot_and_tables(tiny_bench):
     out, result, stdout = tiny_bench
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "rate-distortion on" in stdout and "BD-rate" in stdout
+    report = (out / "report.md").read_text()
+    assert all(f"| {p['name']} |" in report or f"| **{p['name']}** |" in report for p in result["points"])
     families = {p["family"] for p in result["points"]}
     assert families == {"float32", "quant8", "png", "jpeg", "compressai", "nerfcodec", "nerfcodec-target"}
     assert set(result["bd"]) == {"float32", "quant8", "png", "jpeg", "compressai"}
