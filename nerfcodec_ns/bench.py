@@ -451,7 +451,8 @@ def bd_table(points: Sequence[Point], anchor_family: str = "nerfcodec") -> Dict[
                 row[key] = round(fn(ref, mine), 2)
             except ValueError as err:
                 row[key] = None
-                note = str(err).replace("anchor curve", f"the {fam} curve").replace("test curve", "the NeRFCodec curve")
+                note = (str(err).replace("anchor curve", f"the {fam} curve").replace("test curve", "the NeRFCodec curve")
+                        .replace("(anchor ", f"({fam} ").replace(", test ", ", NeRFCodec "))
                 row.setdefault("note", note)
         table[fam] = row
     return table

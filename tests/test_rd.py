@@ -58,7 +58,25 @@ def test_cubic_fit_is_exact_on_cubic_data():
     ts = [0.0, 2.5, 5.0, 7.5, 10.0]
     anchor = [(10 ** (3 + 0.1 * t), 30 + t) for t in ts]
     test = [(10 ** (3 + 0.1 * t - 0.001 * t**3), 30 + t) for t in ts]
-    assert bd_rate(anchor, test) == pytest.approx((10**-0.25 - 1) * 100, abs=1e-7)
+    assert bd_rate(anchor, test, method="polyfit") == pytest.approx((10**-0.25 - 1) * 100, abs=1e-7)
+
+
+def test_pchip_stays_within_the_points_where_the_polynomial_fit_dips():
+    """The three NeRFCodec points of lego_200 (flat: +0.8 dB for +25% bytes) against a straight
+    anchor. The difference of log-rates is monotone between the points, so a shape-preserving
+    interpolation must give a BD-rate between the smallest and largest pointwise differences; the
+    quadratic through the three points dips below the lowest rate between them and does not."""
+    test = [(103825, 24.4327), (118182, 25.1489), (129376, 25.2588)]
+    anchor = [(10 ** (4.8 + 0.1 * (p - 24)), p) for p in (24.0, 26.0)]  # log10 R linear in PSNR
+    diffs = [math.log10(r) - (4.8 + 0.1 * (p - 24)) for r, p in test]
+    lo, hi = ((10 ** min(diffs) - 1) * 100, (10 ** max(diffs) - 1) * 100)
+    assert lo <= bd_rate(anchor, test) <= hi
+    assert not lo <= bd_rate(anchor, test, method="polyfit") <= hi
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method"):
+        bd_rate(ANCHOR, ANCHOR, method="spline")
 
 
 def test_accepts_rdpoints_in_any_order():
