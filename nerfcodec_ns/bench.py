@@ -468,11 +468,16 @@ def plot(points: Sequence[Point], reference_psnr: float, path: Path, title: str)
     fams = family_curves(points)
     order = [f for f in FAMILY_ORDER if f in fams] + sorted(f for f in fams if f not in FAMILY_ORDER)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fixed = {"nerfcodec": "tab:blue", "nerfcodec-target": "tab:orange"}
+    others = [c for c in plt.get_cmap("tab20").colors[4:]]
+    colors = {f: fixed.get(f) or others[i % len(others)] for i, f in enumerate(x for x in order if x not in fixed)}
+    colors.update(fixed)
     for fam in order:
         every = [p for p in points if p["family"] == fam]
         front = fams[fam]
         style = {"lw": 2.5, "ms": 7} if fam.startswith("nerfcodec") else {"lw": 1.2, "ms": 4}
-        (line,) = ax.plot([p["bytes"] / 1000 for p in front], [p["psnr"] for p in front], "o-", label=fam, **style)
+        (line,) = ax.plot([p["bytes"] / 1000 for p in front], [p["psnr"] for p in front], "o-", label=fam,
+                          color=colors[fam], **style)
         ax.plot([p["bytes"] / 1000 for p in every], [p["psnr"] for p in every], "o", color=line.get_color(),
                 alpha=0.35, ms=style["ms"])
     ax.axhline(reference_psnr, color="k", ls="--", lw=1, label=f"uncompressed field ({reference_psnr:.2f} dB)")
