@@ -93,7 +93,7 @@ class BenchConfig:
     eval_images: int = 0
     """Val images to evaluate, evenly spaced (0: all)."""
     overwrite: bool = False
-    """Replace an existing --output-dir."""
+    """Replace an existing --output-dir (only one that a previous bench run made)."""
 
 
 class Point(dict):
@@ -564,6 +564,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     if cfg.output_dir.exists() and any(cfg.output_dir.iterdir()):
         if not cfg.overwrite:
             raise BenchError(f"output folder exists and is not empty: {cfg.output_dir} (pass --overwrite)")
+        if not any((cfg.output_dir / name).exists() for name in ("results.json", "points", "field")):
+            raise BenchError(f"refusing to delete {cfg.output_dir}: it is not the output of a previous bench run")
         shutil.rmtree(cfg.output_dir)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     times: Dict[str, float] = {}

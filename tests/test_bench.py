@@ -81,7 +81,7 @@ def test_nerfcodec_points_are_decodable_scene_files(tiny_bench, tiny_backbone):
     assert target["target_error"] == pytest.approx(target["bytes"] / 60000 - 1, abs=1e-4)
 
 
-@pytest.mark.parametrize("case", ["missing-data", "unknown-family", "existing-output"])
+@pytest.mark.parametrize("case", ["missing-data", "unknown-family", "existing-output", "overwrite-foreign-folder"])
 def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_path):
     out = tmp_path / "out"
     args = [str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--output-dir", str(out), "--eval-images", "1"]
@@ -89,12 +89,18 @@ def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_
         args[3] = str(tmp_path / "nope")
     elif case == "unknown-family":
         args += ["--base", str(tiny_run), "--baseline-families", "jpeg", "gif", "--lambdas"]
-    else:
+    elif case == "existing-output":
         out.mkdir()
         (out / "results.json").write_text("{}")
+    else:  # --overwrite must not delete a folder the bench did not make
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+        args.append("--overwrite")
     res = run_cli(args, env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("nerfcodec: error:")]
     assert len(lines) == 1, res.stderr[-2000:]
     if case == "existing-output":
         assert (out / "results.json").read_text() == "{}"  # nothing lost
+    if case == "overwrite-foreign-folder":
+        assert (out / "thesis.tex").read_text() == "precious"
