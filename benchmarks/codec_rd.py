@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tyro
 
-from nerfcodec_ns.bench import eval_indices, load_base, load_field  # noqa: E402
+from nerfcodec_ns import bench  # noqa: E402
+from nerfcodec_ns.bench import eval_indices, load_base, load_field, restore_training, training_snapshot  # noqa: E402
 
 
 @dataclass
@@ -79,21 +80,7 @@ def _base_config(base: Path) -> Path:
 
 def evaluate(pipeline, indices: List[int]) -> float:
     """Mean PSNR (dB) over the given val images, rendered by the model as it is (eval mode)."""
-    import torch
-
-    from nerfcodec_ns.metrics import psnr
-
-    model = pipeline.model
-    model.eval()
-    ds = pipeline.datamanager.eval_dataset
-    vals = []
-    with torch.no_grad():
-        for i in indices:
-            camera = ds.cameras[i : i + 1].to(pipeline.device)
-            rgb = model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1)
-            gt = ds.get_image_float32(i)[..., :3].to(rgb.device)
-            vals.append(float(psnr(rgb, gt)))
-    return sum(vals) / len(vals)
+    return bench.evaluate(pipeline.model, pipeline.datamanager.eval_dataset, indices)["psnr"]
 
 
 def measure_size(model) -> Dict[str, float]:
@@ -153,16 +140,11 @@ def run_group(args: Args, names: List[str], base_cfg, base_state, codec_override
     t0 = time.perf_counter()
     _train(trainer, "+".join(names) + " warm-up", range(args.warmup_steps), warm_log)
     warm_s = time.perf_counter() - t0
-    snapshot = None
-    if len(lambdas) > 1:
-        snapshot = (copy.deepcopy(model.state_dict()),
-                    {k: copy.deepcopy(o.state_dict()) for k, o in trainer.optimizers.optimizers.items()})
+    snapshot = training_snapshot(trainer) if len(lambdas) > 1 else None
     results = []
     for i, (name, lmbda) in enumerate(zip(names, lambdas)):
         if i > 0 and snapshot is not None:
-            model.load_state_dict(snapshot[0])
-            for k, o in trainer.optimizers.optimizers.items():
-                o.load_state_dict(copy.deepcopy(snapshot[1][k]))
+            restore_training(trainer, snapshot)
         model.config.codec_lambda = lmbda
         torch.manual_seed(1)
         log = list(warm_log)

@@ -267,13 +267,12 @@ def evaluate(model, dataset, indices: Sequence[int]) -> Dict[str, Optional[float
 
 
 def common_sections(model, cameras, mlp_dtype: str = "float16") -> List[bytes]:
-    """The parts every scene file carries besides the planes: MLP, occupancy grid, camera poses."""
-    from nerfcodec_ns.export import encode_poses
+    """The parts every scene file carries besides the planes: MLP, occupancy grid, camera poses
+    (encoded exactly as in a ``.nfc`` file, :func:`nerfcodec_ns.export.field_payloads`)."""
+    from nerfcodec_ns.export import field_payloads
 
     dt = {"float16": torch.float16, "float32": torch.float32}[mlp_dtype]
-    mlp = nb.encode_strings([nb.encode_array(p.detach().cpu().to(dt).numpy()) for p in model.field.mlp_parameters()])
-    grid = nb.encode_bits(model.sampler.binaries.cpu().numpy())
-    return [mlp, grid, encode_poses(cameras.camera_to_worlds)]
+    return list(field_payloads(model, cameras, dt))
 
 
 def pack_baseline(name: str, payload: bytes, common: List[bytes]) -> bytes:
@@ -345,6 +344,19 @@ def reference_pipeline(base_cfg, base_state):
 # ----------------------------------------------------------------------------------------------
 
 
+def training_snapshot(trainer) -> Tuple[Dict, Dict]:
+    """Copies of the model's and every optimizer's state (to branch several runs off one warm-up)."""
+    return (copy.deepcopy(trainer.pipeline.model.state_dict()),
+            {k: copy.deepcopy(o.state_dict()) for k, o in trainer.optimizers.optimizers.items()})
+
+
+def restore_training(trainer, snapshot: Tuple[Dict, Dict]) -> None:
+    """Put a trainer back to a :func:`training_snapshot` (the snapshot stays reusable)."""
+    trainer.pipeline.model.load_state_dict(snapshot[0])
+    for k, o in trainer.optimizers.optimizers.items():
+        o.load_state_dict(copy.deepcopy(snapshot[1][k]))
+
+
 def _weights_file(weights: str) -> Optional[Path]:
     """The backbone file a decoder must be given (None for the embedded / zoo weights it finds itself)."""
     return None if weights in ("embedded", "zoo", "random") else Path(weights)
@@ -385,14 +397,11 @@ def run_nerfcodec(cfg: BenchConfig, base_cfg, base_state, dataset, indices, fold
     model = trainer.pipeline.model
     model.set_rate_target(0, mid)  # the shared warm-up runs at a fixed lambda
     warm_log = _run_steps(trainer, range(cfg.warmup_steps), "codec warm-up")
-    snapshot = (copy.deepcopy(model.state_dict()),
-                {k: copy.deepcopy(o.state_dict()) for k, o in trainer.optimizers.optimizers.items()})
+    snapshot = training_snapshot(trainer)
     points = []
     joint = range(cfg.warmup_steps, cfg.warmup_steps + cfg.joint_steps)
     for name, family, lmbda, target in runs:
-        model.load_state_dict(snapshot[0])
-        for k, o in trainer.optimizers.optimizers.items():
-            o.load_state_dict(copy.deepcopy(snapshot[1][k]))
+        restore_training(trainer, snapshot)
         model.set_rate_target(target, lmbda)
         torch.manual_seed(1)
         t0 = time.perf_counter()

@@ -143,9 +143,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
         if codec.autoregressive:
             ctx = [v for k, v in state.items() if k.startswith(("context_prediction.", "entropy_parameters."))]
             sections.append(nb.Section("context_model", _arrays(*ctx)))
-        sections.append(nb.Section("mlp", _arrays(*[p.half() for p in model.field.mlp_parameters()])))
-        sections.append(nb.Section("grid", nb.encode_bits(model.sampler.binaries.cpu().numpy())))
-        sections.append(nb.Section("cameras", encode_poses(cameras.camera_to_worlds)))
+        mlp, grid, poses = field_payloads(model, cameras)
+        sections += [nb.Section("mlp", mlp), nb.Section("grid", grid), nb.Section("cameras", poses)]
 
         info = codec.backbone_info
         aabb = model.scene_box.aabb.reshape(-1).tolist()
@@ -170,6 +169,13 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     finally:
         model.to(device)
         model.train(was_training)
+
+
+def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_dtype: torch.dtype = torch.float16):
+    """The payloads of the ``mlp`` (``mlp_dtype``), ``grid`` (packed bits + LZMA) and ``cameras``
+    (LZMA float32 poses) sections, which every scene file carries besides the planes."""
+    mlp = _arrays(*[p.to(mlp_dtype) for p in model.field.mlp_parameters()])
+    return mlp, nb.encode_bits(model.sampler.binaries.cpu().numpy()), encode_poses(cameras.camera_to_worlds)
 
 
 def effective_alpha_thre(model: "NerfcodecModel") -> float:

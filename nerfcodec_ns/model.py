@@ -188,23 +188,38 @@ class NerfcodecModel(Model):
         def set_stage(step: int) -> None:
             self.codec_stage.fill_(self.stage_at(step))
 
+        trainer = training_callback_attributes.trainer
+        file_sizes: Dict[tuple, Optional[int]] = {}
+
+        def dataparser_outputs():
+            return training_callback_attributes.pipeline.datamanager.train_dataparser_outputs
+
+        def is_last(step: int) -> bool:
+            return trainer is not None and step == getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
+
+        def file_size(step: int) -> Optional[int]:
+            """The exact scene-file size of this step's state (None: no decodable file, e.g. a random
+            backbone); built once per step and quantization gain, however many callbacks ask."""
+            key = (step, self.codec.latent_gain._version)
+            if key not in file_sizes:
+                from nerfcodec_ns.export import ExportError, scene_file_size
+
+                file_sizes.clear()
+                try:
+                    file_sizes[key] = scene_file_size(self, dataparser_outputs())
+                except ExportError:
+                    file_sizes[key] = None
+            return file_sizes[key]
+
         def log_file_size(step: int) -> None:
-            every, trainer = self.config.log_file_size_every, training_callback_attributes.trainer
-            if self.codec is None or every <= 0 or self.stage_at(step) < 2:
+            every = self.config.log_file_size_every
+            if self.codec is None or every <= 0 or self.stage_at(step) < 2 or not (is_last(step) or step % every == 0):
                 return
-            last = trainer is not None and step == getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
-            if not (last or step % every == 0):
-                return
-            from nerfstudio.utils import writer
+            size = file_size(step)
+            if size is not None:
+                from nerfstudio.utils import writer
 
-            from nerfcodec_ns.export import ExportError, scene_file_size
-
-            outputs = training_callback_attributes.pipeline.datamanager.train_dataparser_outputs
-            try:
-                size = scene_file_size(self, outputs)
-            except ExportError:  # e.g. a random backbone: no decodable file exists
-                return
-            writer.put_scalar(name="Train Metrics Dict/size_file_bytes", scalar=size, step=step)
+                writer.put_scalar(name="Train Metrics Dict/size_file_bytes", scalar=size, step=step)
 
         def control_rate(step: int) -> None:
             rate = self._rate
@@ -212,14 +227,10 @@ class NerfcodecModel(Model):
                 return
             from nerfstudio.utils import writer
 
-            from nerfcodec_ns.export import ExportError, scene_file_size
-
-            outputs = training_callback_attributes.pipeline.datamanager.train_dataparser_outputs
             estimate = self._last_size_estimate
             if rate.offset_bytes is None or step % max(1, self.config.rate_control_calibrate_every) == 0:
-                try:
-                    size = scene_file_size(self, outputs)
-                except ExportError:  # e.g. a random backbone: no file exists, control the estimate
+                size = file_size(step)
+                if size is None:  # no file exists: control the estimate itself
                     rate.offset_bytes = 0.0
                 else:
                     rate.calibrate(size, estimate)
@@ -227,10 +238,8 @@ class NerfcodecModel(Model):
             rate.log_lambda = float(self.codec_log_lambda)  # the checkpoint's value after a resume
             rate.step(estimate)
             self.codec_log_lambda.fill_(rate.log_lambda)
-            trainer = training_callback_attributes.trainer
-            last = trainer is not None and step == getattr(trainer, "_start_step", 0) + trainer.config.max_num_iterations - 1
-            if last and self.stage_at(step) >= 2:
-                landed = self.land_on_target(outputs)
+            if is_last(step) and self.stage_at(step) >= 2:
+                landed = self.land_on_target(dataparser_outputs())
                 if landed is not None:
                     writer.put_scalar(name="Train Metrics Dict/rate_control_gain", scalar=landed[0], step=step)
 
