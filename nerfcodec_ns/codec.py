@@ -343,10 +343,18 @@ def quant_scale(absmax: Tensor, bits: int) -> Tensor:
 
 
 def fake_quantize(x: Tensor, bits: int, dims: Sequence[int]) -> Tensor:
-    """Quantize-dequantize ``x`` with one scale per slice (max over ``dims``); straight-through gradient."""
+    """Quantize-dequantize ``x`` with one scale per slice (max over ``dims``); straight-through gradient.
+
+    The gradient is the identity for every element, including those at +/- the slice's absmax.
+    (A plain ``clamp`` passes no gradient at its bounds, which froze each slice's largest element,
+    and every element of a constant slice, such as the compensation vectors at their start.)
+    """
     qmax = 2 ** (bits - 1) - 1
     scale = quant_scale(x.detach().abs().amax(dim=tuple(dims), keepdim=True), bits)
-    return _RoundSTE.apply(x / scale).clamp(-qmax, qmax) * scale
+    q = _RoundSTE.apply(x / scale)
+    # the scale is rounded up, so |x / scale| <= qmax already; the clamp is a guard with no gradient effect
+    q = q + (q.detach().clamp(-qmax, qmax) - q.detach())
+    return q * scale
 
 
 def quantize_int(x: Tensor, bits: int, dims: Sequence[int]) -> Tuple[Tensor, Tensor]:

@@ -305,6 +305,40 @@ def test_compensation_is_rank_one_per_plane_and_starts_at_zero():
         torch.testing.assert_close(comp[p, 1, 3, 5], v[b, 1, 3] * v[a, 1, 5], atol=0.01, rtol=0.02)
 
 
+def test_fake_quantize_passes_gradient_to_every_element():
+    # constant slices (every element is the slice's absmax) and each slice's largest element must
+    # still get the straight-through gradient; a clamp at the bounds used to block both
+    x = torch.cat([torch.full((2, 5), 0.1), torch.randn(3, 5)]).requires_grad_(True)
+    weights = torch.randn(5, 5)
+    (nc.fake_quantize(x, 8, dims=(1,)) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, weights, rtol=1e-6, atol=0)
+
+
+def test_compensation_vectors_learn_a_non_constant_correction():
+    # fit the vectors alone to a rank-1 residual: all three axes must move, away from a constant
+    torch.manual_seed(0)
+    codec = make_codec(C=2, resolutions=(16,))
+    codec.eval()  # deterministic decode; the vectors still get gradients
+    t = torch.linspace(0, 3, 16)
+    target_v = torch.stack([torch.sin(t + k) for k in range(3)])[:, None, :].expand(3, 2, 16)
+    target = torch.stack([target_v[b][:, :, None] * target_v[a][:, None, :] for a, b in PLANE_AXES])
+    planes = smooth_planes(2, 16)
+    with torch.no_grad():
+        base = codec(planes, 0).x_hat - codec.compensation(0)
+    opt = torch.optim.Adam(list(codec.vectors), lr=3e-2)
+    errors = []
+    for _ in range(150):
+        loss = (codec.compensation(0) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        errors.append(float(loss))
+    assert errors[-1] < 0.05 * errors[0], (errors[0], errors[-1])
+    v = codec.vectors[0].detach()
+    assert (v.std(dim=2) > 0.1).all(), v.std(dim=2)  # every axis and channel has a shape, not a constant
+    assert base.shape == planes.shape
+
+
 def test_transmitted_sizes():
     C, res = 4, (17, 24)
     codec = make_codec(C=C, resolutions=res)
