@@ -40,6 +40,11 @@ import numpy as np
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "PACKINGS",
+    "pack_lzma",
+    "unpack_lzma",
+    "pack_smallest",
+    "unpack_smallest",
     "MODEL_ID",
     "ARCHITECTURES",
     "BitstreamError",
@@ -73,6 +78,8 @@ __all__ = [
 
 MAGIC = b"NFC\x00"
 FORMAT_VERSION = 1
+PACKINGS = ("raw", "lzma")
+"""Storage of the codec's parameter sections (``CodecSettings.packing``)."""
 #: Model identifier written by the current exporter (the header carries whatever the writer sets).
 MODEL_ID = "nerfcodec/triplane-v1"
 ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
@@ -256,6 +263,10 @@ class CodecSettings:
     """False: the encoder/decoder heads are built from the backbone (no ``head`` section needed)."""
     latent_gain: float = 1.0
     """Quantization gain of the latent y (``CodecConfig.latent_gain``), > 0."""
+    packing: str = "raw"
+    """How the codec's parameter sections (``head``, ``vectors.<level>``, ``entropy_bottleneck``,
+    ``context_model``) are stored: ``raw`` (as written by :func:`encode_strings`) or ``lzma`` (that
+    payload through :func:`pack_smallest`: LZMA2 when it is smaller). Files without the field are ``raw``."""
 
     def __post_init__(self) -> None:
         o = "CodecSettings"
@@ -263,7 +274,8 @@ class CodecSettings:
              vector_bits=_int(o, "vector_bits", self.vector_bits, 2, 8),
              compensation=_bool(o, "compensation", self.compensation),
              adapt_heads=_bool(o, "adapt_heads", self.adapt_heads),
-             latent_gain=_float(o, "latent_gain", self.latent_gain, positive=True))
+             latent_gain=_float(o, "latent_gain", self.latent_gain, positive=True),
+             packing=_str(o, "packing", self.packing, choices=PACKINGS))
 
 
 @dataclass(frozen=True)
@@ -847,28 +859,63 @@ def read_file(path: Union[str, os.PathLike]) -> Bitstream:
 
 
 # ----------------------------------------------------------------------------------------------
-# Bit masks (the occupancy grid)
+# Lossless packing (raw LZMA2) and bit masks (the occupancy grid)
 # ----------------------------------------------------------------------------------------------
 
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}]
 
 
+def pack_lzma(data: bytes) -> bytes:
+    """``data`` compressed with raw LZMA2 (no container header: the filters are fixed here)."""
+    return lzma.compress(bytes(data), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+
+
+def unpack_lzma(payload: Union[bytes, bytearray, memoryview], max_size: int, what: str = "payload") -> bytes:
+    """Inverse of :func:`pack_lzma`. Never produces more than ``max_size`` bytes: a longer or broken
+    stream is a :class:`BitstreamError` naming ``what``."""
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    try:
+        raw = dec.decompress(bytes(payload), max_length=max_size + 1)
+    except lzma.LZMAError as err:
+        raise BitstreamError(f"corrupt {what}: {err}") from None
+    if len(raw) > max_size:
+        raise BitstreamError(f"corrupt {what}: unpacks to more than {max_size} bytes")
+    if not dec.eof or dec.unused_data:
+        raise BitstreamError(f"corrupt {what}: incomplete or trailing LZMA data")
+    return raw
+
+
+def pack_smallest(data: bytes) -> bytes:
+    """``data`` with a 1-byte marker: ``0x01`` + :func:`pack_lzma` (data) when that is smaller, else
+    ``0x00`` + data (incompressible data costs one byte, never more)."""
+    data = bytes(data)
+    packed = pack_lzma(data)
+    return b"\x01" + packed if len(packed) < len(data) else b"\x00" + data
+
+
+def unpack_smallest(payload: Union[bytes, bytearray, memoryview], max_size: int, what: str = "payload") -> bytes:
+    """Inverse of :func:`pack_smallest`, producing at most ``max_size`` bytes."""
+    payload = bytes(payload)
+    if not payload or payload[0] not in (0, 1):
+        raise BitstreamError(f"corrupt {what}: unknown packing marker {payload[:1].hex() or 'missing'}")
+    if payload[0] == 1:
+        return unpack_lzma(payload[1:], max_size, what)
+    if len(payload) - 1 > max_size:
+        raise BitstreamError(f"corrupt {what}: more than {max_size} bytes")
+    return payload[1:]
+
+
 def encode_bits(mask: np.ndarray) -> bytes:
     """A boolean array as packed bits (C order, most significant bit first) compressed with raw
     LZMA2. The shape is not stored: the reader must know it (``decode_bits``)."""
-    bits = np.packbits(np.ascontiguousarray(mask, dtype=bool).reshape(-1)).tobytes()
-    return lzma.compress(bits, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    return pack_lzma(np.packbits(np.ascontiguousarray(mask, dtype=bool).reshape(-1)).tobytes())
 
 
 def decode_bits(payload: Union[bytes, bytearray, memoryview], shape: Sequence[int]) -> np.ndarray:
     """Inverse of :func:`encode_bits` for a mask of ``shape``; refuses any other length."""
     count = int(np.prod([int(s) for s in shape], dtype=np.int64))
     expected = (count + 7) // 8
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    try:
-        raw = dec.decompress(bytes(payload), max_length=expected + 1)
-    except lzma.LZMAError as err:
-        raise BitstreamError(f"corrupt bit mask: {err}") from None
-    if len(raw) != expected or not dec.eof or dec.unused_data:
+    raw = unpack_lzma(payload, expected, "bit mask")
+    if len(raw) != expected:
         raise BitstreamError(f"corrupt bit mask: expected {expected} bytes for shape {tuple(shape)}")
     return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count).astype(bool).reshape(tuple(shape))

@@ -48,8 +48,13 @@ class DecodedScene(NamedTuple):
     """``[N, 3, 4]`` float32 training camera-to-world poses (dataparser frame)."""
 
 
-def _arrays(bs: nb.Bitstream, name: str) -> List[np.ndarray]:
-    return [nb.decode_array(p) for p in nb.decode_strings(bs.section(name))]
+def _arrays(bs: nb.Bitstream, name: str, max_size: Optional[int] = None) -> List[np.ndarray]:
+    """The arrays of a section; ``max_size``: it is a codec parameter section, LZMA-packed when the
+    header says so, and unpacks to at most ``max_size`` bytes."""
+    payload = bs.section(name)
+    if max_size is not None and bs.header.codec.packing == "lzma":
+        payload = nb.unpack_smallest(payload, max_size, f"section '{name}'")
+    return [nb.decode_array(p) for p in nb.decode_strings(payload)]
 
 
 def load_backbone_for(backbone: nb.BackboneId, weights: Optional[Path] = None):
@@ -97,7 +102,9 @@ def _load_codec_state(codec: "PlaneCodec", bs: nb.Bitstream) -> None:
     if codec.autoregressive:
         groups.append(("context_model", [k for k in expected if k.startswith(("context_prediction.", "entropy_parameters."))]))
     for section, keys in groups:
-        values = _arrays(bs, section)
+        # encode_array: 2 + 4 * ndim header bytes per array; encode_strings: at most 5 length bytes each
+        raw_size = sum(expected[k].numel() * expected[k].element_size() + 2 + 4 * expected[k].ndim + 5 for k in keys) + 5
+        values = _arrays(bs, section, raw_size)
         if len(values) != len(keys):
             raise nb.BitstreamError(f"section '{section}' holds {len(values)} arrays, expected {len(keys)}")
         for key, value in zip(keys, values):

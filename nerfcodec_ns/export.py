@@ -107,12 +107,23 @@ def decode_poses(payload: bytes) -> np.ndarray:
 
 
 @torch.no_grad()
-def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torch.Tensor, scale: float) -> nb.Bitstream:
+def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torch.Tensor, scale: float,
+                    packing: str = "lzma") -> nb.Bitstream:
     """The scene file of a trained model: entropy-coded planes and every decoder-side part.
+
+    ``packing``: how the codec's parameter sections are stored (``CodecSettings.packing``): ``lzma``
+    (default; lossless, about 10% smaller head and entropy-bottleneck sections) or ``raw``.
 
     The codec runs on the CPU so that the probability tables the encoder derives are computed by
     the same code and hardware class as a CPU decoder's (see docs/bitstream.md, determinism).
     """
+    if packing not in nb.PACKINGS:
+        raise ExportError(f"packing must be one of {nb.PACKINGS}, got {packing!r}")
+
+    def params(*arrays: torch.Tensor) -> bytes:
+        raw = _arrays(*arrays)
+        return nb.pack_smallest(raw) if packing == "lzma" else raw
+
     codec = model.codec
     if codec is None:
         raise ExportError("this run has no codec (pipeline.model.codec_enabled=False): nothing to compress")
@@ -135,14 +146,14 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             levels.append(nb.LevelShape(comp.resolution, comp.padded_shape, comp.z_shape))
         state = codec.transmitted_state()
         for level in range(len(codec.vectors)):
-            sections.append(nb.Section(f"vectors.{level}", _arrays(state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"])))
+            sections.append(nb.Section(f"vectors.{level}", params(state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"])))
         if codec.config.adapt_heads:
-            sections.append(nb.Section("head", _arrays(state["head.int8"], state["head.scale"], state["head.bias"])))
+            sections.append(nb.Section("head", params(state["head.int8"], state["head.scale"], state["head.bias"])))
         eb = [v for k, v in state.items() if k.startswith("entropy_bottleneck.")]
-        sections.append(nb.Section("entropy_bottleneck", _arrays(*eb)))
+        sections.append(nb.Section("entropy_bottleneck", params(*eb)))
         if codec.autoregressive:
             ctx = [v for k, v in state.items() if k.startswith(("context_prediction.", "entropy_parameters."))]
-            sections.append(nb.Section("context_model", _arrays(*ctx)))
+            sections.append(nb.Section("context_model", params(*ctx)))
         mlp, grid, poses = field_payloads(model, cameras)
         sections += [nb.Section("mlp", mlp), nb.Section("grid", grid), nb.Section("cameras", poses)]
 
@@ -155,7 +166,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                                spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree),
             levels=tuple(levels),
             codec=nb.CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
-                                   codec.config.adapt_heads, codec.gain),
+                                   codec.config.adapt_heads, codec.gain, packing),
             render=nb.RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
                 grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),

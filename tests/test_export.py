@@ -77,13 +77,17 @@ def _array_overhead(payload: bytes) -> int:
 
 
 def test_training_size_accounting_matches_the_sections(tiny_nfc):
-    """Every part the training metrics count is in the file with exactly that many data bytes."""
+    """Every part the training metrics count is in the file with exactly that many data bytes (the
+    codec's parameter sections once unpacked: the metrics count them before lossless packing)."""
     path, result = tiny_nfc
     bs = nb.read_file(path)
+    assert bs.header.codec.packing == "lzma"
     est = result.estimated
     for part, section in [("head", "head"), ("vectors_0", "vectors.0"), ("vectors_1", "vectors.1"),
                           ("entropy_bottleneck", "entropy_bottleneck"), ("mlp", "mlp")]:
         payload = bs.section(section)
+        if section != "mlp":
+            payload = nb.unpack_smallest(payload, 1 << 20)
         assert len(payload) - _array_overhead(payload) == est[part], part
         # per array: dtype, ndim and shape (2 + 4 * ndim bytes) and a length varint
         assert _array_overhead(payload) <= 20 * len(nb.decode_strings(payload)) + 2
@@ -129,6 +133,57 @@ def test_export_bad_input_is_one_line_and_writes_nothing(case, tiny_run, tmp_pat
         assert not out.exists()
     if out.parent.exists():
         assert not list(out.parent.glob(".*")), "no temporary file is left behind"
+
+
+def test_lzma_packing_round_trips_and_refuses_oversize_or_broken_data():
+    data = np.random.default_rng(0).integers(-20, 20, 5000).astype(np.int8).tobytes()
+    packed = nb.pack_lzma(data)
+    assert len(packed) < len(data)  # 40 levels fit in under 8 bits per value
+    assert nb.unpack_lzma(packed, len(data)) == data
+    with pytest.raises(nb.BitstreamError, match="unpacks to more than 4999 bytes"):
+        nb.unpack_lzma(packed, len(data) - 1)
+    with pytest.raises(nb.BitstreamError, match="corrupt section 'head'"):
+        nb.unpack_lzma(packed[: len(packed) // 2], len(data), "section 'head'")
+    with pytest.raises(nb.BitstreamError, match="corrupt payload"):
+        nb.unpack_lzma(packed + b"x", len(data))
+    noise = np.random.default_rng(1).bytes(300)
+    assert nb.pack_smallest(noise) == b"\x00" + noise and nb.unpack_smallest(b"\x00" + noise, 300) == noise
+    assert nb.pack_smallest(data)[:1] == b"\x01" and nb.unpack_smallest(nb.pack_smallest(data), len(data)) == data
+    for bad, msg in [(b"", "marker missing"), (b"\x07abc", "marker 07"), (b"\x00" + noise, "more than 299")]:
+        with pytest.raises(nb.BitstreamError, match=msg):
+            nb.unpack_smallest(bad, 299)
+    with pytest.raises(nb.BitstreamError, match="CodecSettings.packing"):
+        nb.CodecSettings(8, 8, True, True, 1.0, "zip")
+
+
+def test_raw_and_lzma_packed_files_decode_to_the_same_scene(tiny_run, tiny_nfc, tiny_backbone):
+    """The packing is lossless: a raw file of the same run decodes to identical planes and MLP, and
+    the packed parameter sections are smaller; the other sections are byte-identical."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nerfcodec_ns.decode import decode_bitstream
+    from nerfcodec_ns.export import ExportError, build_bitstream
+
+    _, pipeline, _, _ = eval_setup(tiny_run, test_mode="inference")
+    outputs = pipeline.datamanager.train_dataparser_outputs
+    args = (pipeline.model, outputs.cameras, outputs.dataparser_transform, outputs.dataparser_scale)
+    raw, packed = build_bitstream(*args, packing="raw"), nb.read_file(tiny_nfc[0])
+    assert raw.header.codec.packing == "raw" and packed.header.codec.packing == "lzma"
+    params = {"head", "vectors.0", "vectors.1", "entropy_bottleneck"}
+    shrunk = []
+    for a, b in zip(raw.sections, packed.sections):
+        assert a.name == b.name
+        if a.name in params:
+            assert len(b.payload) <= len(a.payload) + 1, a.name  # incompressible: one marker byte
+            assert nb.unpack_smallest(b.payload, len(a.payload)) == a.payload
+            shrunk += [a.name] if len(b.payload) < len(a.payload) else []
+        else:
+            assert a.payload == b.payload, a.name
+    assert "vectors.0" in shrunk, shrunk
+    x, y = decode_bitstream(raw, tiny_backbone), decode_bitstream(packed, tiny_backbone)
+    assert all(torch.equal(p, q) for p, q in zip(x.planes + x.mlp, y.planes + y.mlp))
+    with pytest.raises(ExportError, match="packing must be one of"):
+        build_bitstream(*args, packing="zip")
 
 
 def test_grid_bits_round_trip_and_reject_other_lengths():
