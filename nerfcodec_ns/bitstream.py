@@ -40,6 +40,7 @@ import numpy as np
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "PACKINGS",
     "pack_lzma",
     "unpack_lzma",
@@ -77,7 +78,10 @@ __all__ = [
 ]
 
 MAGIC = b"NFC\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions this reader reads (a version-1 file has raw parameter sections only)."""
 PACKINGS = ("raw", "lzma")
 """Storage of the codec's parameter sections (``CodecSettings.packing``)."""
 #: Model identifier written by the current exporter (the header carries whatever the writer sets).
@@ -266,7 +270,8 @@ class CodecSettings:
     packing: str = "raw"
     """How the codec's parameter sections (``head``, ``vectors.<level>``, ``entropy_bottleneck``,
     ``context_model``) are stored: ``raw`` (as written by :func:`encode_strings`) or ``lzma`` (that
-    payload through :func:`pack_smallest`: LZMA2 when it is smaller). Files without the field are ``raw``."""
+    payload through :func:`pack_smallest`: LZMA2 when it is smaller). Format-version-1 files have no
+    such field and are read as ``raw``."""
 
     def __post_init__(self) -> None:
         o = "CodecSettings"
@@ -453,8 +458,11 @@ def encode_header(header: Header) -> bytes:
     return zlib.compress(text, 9)
 
 
-def decode_header(data: bytes) -> Header:
-    """Inverse of :func:`encode_header`; any problem is a one-line :class:`BitstreamError`."""
+def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
+    """Inverse of :func:`encode_header`; any problem is a one-line :class:`BitstreamError`.
+
+    ``version``: the file's format version. Version 1 headers have no ``codec.packing`` (read as
+    ``raw``); from version 2 on every field is required."""
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(bytes(data), MAX_HEADER_JSON_BYTES + 1)
@@ -477,6 +485,10 @@ def decode_header(data: bytes) -> Header:
         raise BitstreamError(f"header: invalid JSON ({exc.msg} at char {exc.pos})") from None
     except (ValueError, RecursionError) as exc:  # e.g. int too long to convert, nesting too deep
         raise BitstreamError(f"header: invalid JSON ({type(exc).__name__})") from None
+    if version < 2 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
+        if "packing" in value["codec"]:
+            raise BitstreamError("header: format version 1 has no codec.packing field")
+        value["codec"]["packing"] = "raw"
     try:
         return _from_json(Header, value, "header")
     except BitstreamError as exc:
@@ -624,8 +636,9 @@ def _parse(data: Any) -> Tuple[Bitstream, Dict[str, int]]:
     r = _Reader(view)
     r.take(len(MAGIC), "magic")
     version = r.u16("format version")
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported format version {version} (this reader knows {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        known = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise BitstreamError(f"unsupported format version {version} (this reader knows {known})")
     sizes = {SIZE_MAGIC_VERSION: r.pos}
 
     start = r.pos
@@ -659,7 +672,7 @@ def _parse(data: Any) -> Tuple[Bitstream, Dict[str, int]]:
     if r.left:
         plural = "s" if r.left != 1 else ""
         raise BitstreamError(f"trailing bytes: {r.left} byte{plural} after the last section")
-    return Bitstream(decode_header(header_bytes), tuple(sections)), sizes
+    return Bitstream(decode_header(header_bytes, version), tuple(sections)), sizes
 
 
 def unpack(data: Union[bytes, bytearray, memoryview]) -> Bitstream:

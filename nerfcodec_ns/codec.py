@@ -76,10 +76,11 @@ class CodecConfig:
     """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
     vector_bits: int = 8
     """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
-    clip_sigmas: float = 0.0
-    """Normalisation range per plane and channel: 0 = min..max; k > 0 = mean -/+ k standard
-    deviations (narrowed to min..max), values outside clipped. Trained planes have a standard
-    deviation of only 5-8% of their min..max range, so k = 4 resolves them about 2x finer."""
+    clip_sigmas: float = 4.0
+    """Normalisation range per plane and channel: 0 = min..max (the reference); k > 0 = mean -/+ k
+    standard deviations (narrowed to min..max), values outside clipped. Trained planes have a standard
+    deviation of only 5-8% of their min..max range, so k = 4 resolves them about 2x finer (on lego_200,
+    training PSNR after 100 joint steps: 20.4 dB against 18.4 dB with min..max, docs/codec.md)."""
     latent_gain: float = 1.0
     """Quantization gain of the latent y: y is coded as round(gain * y) / gain (the Gaussian scales
     and means are multiplied by the same gain). Larger: finer quantization, more bits, better planes

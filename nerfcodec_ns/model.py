@@ -83,8 +83,10 @@ class NerfcodecModelConfig(ModelConfig):
     """After warm-up, the fraction of cells re-evaluated at each grid update (plus as many occupied ones)."""
     background_color: Literal["white", "black"] = "white"
     """Colour composited behind the field (must match the data set's alpha blending)."""
-    plane_tv_mult: float = 0.0
-    """Weight of a total-variation penalty on the feature planes (0 disables it)."""
+    plane_tv_mult: float = 0.01
+    """Weight of a total-variation penalty on the feature planes (0 disables it), in the field and joint
+    stages (not in the codec warm-up, where the planes are frozen). Smoother planes are easier to code:
+    the codec warm-up converges about 2.5x faster (docs/codec.md)."""
     lpips: Literal["auto", "off"] = "auto"
     """LPIPS in evaluation: "auto" computes it when its AlexNet weights can be loaded, else reports it unavailable."""
     codec_enabled: bool = True
@@ -93,7 +95,7 @@ class NerfcodecModelConfig(ModelConfig):
     """The plane codec: backbone, its weights, compensation, head quantization."""
     codec_field_steps: int = 7000
     """Stage 0: steps of field-only training before the codec starts."""
-    codec_warmup_steps: int = 500
+    codec_warmup_steps: int = 1000
     """Stage 1: steps of codec warm-up on the frozen planes (feature reconstruction + rate)."""
     codec_lambda: float = 1e-5
     """Rate-distortion trade-off: weight of the estimated latent size in kilobytes (y + z) in the loss."""

@@ -77,7 +77,7 @@ def small_bitstream() -> "nb.Bitstream":
     ))
 
 
-def frame(header_bytes: bytes, sections, version: int = 1, magic: bytes = b"NFC\x00") -> bytes:
+def frame(header_bytes: bytes, sections, version: int = nb.FORMAT_VERSION, magic: bytes = b"NFC\x00") -> bytes:
     """A file assembled by hand from the layout in docs/bitstream.md (any header bytes, any names)."""
     out = magic + struct.pack("<H", version)
     out += struct.pack("<I", len(header_bytes)) + header_bytes + struct.pack("<I", zlib.crc32(header_bytes))
@@ -149,7 +149,7 @@ def test_module_does_not_import_torch():
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('bs_probe', {str(MODULE_PATH)!r})\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['bs_probe'] = m; spec.loader.exec_module(m)\n"
-        "assert m.MAGIC and m.FORMAT_VERSION == 1\n"
+        "assert m.MAGIC and m.FORMAT_VERSION == 2\n"
         "print('torch' in sys.modules, 'nerfcodec_ns' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -354,8 +354,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=2)) == (
-        "unsupported format version 2 (this reader knows 1)")
+    assert error_of(frame(header, sections, version=3)) == (
+        "unsupported format version 3 (this reader knows 1, 2)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -597,5 +597,21 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"NFC\x00\x07\x00")
     with pytest.raises(BitstreamError) as info:
         nb.read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1)"
+    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2)"
     assert not os.path.exists(tmp_path / "no")
+
+
+def test_version_1_files_still_read_and_cannot_claim_packed_sections():
+    """Files written before format version 2 have no ``codec.packing`` in their header: they read as
+    ``raw``. A version-1 file whose header says ``lzma`` is refused."""
+    import json as _json
+
+    sections = [("y.0", b"abc")]
+    legacy = _json.loads(nb.header_json(make_header()))
+    del legacy["codec"]["packing"]  # what a version-1 writer produced
+    text = _json.dumps(legacy, sort_keys=True, separators=(",", ":")).encode("ascii")
+    back = nb.unpack(frame(zlib.compress(text), sections, version=1))
+    assert back.header == make_header() and back.header.codec.packing == "raw"
+    packed = nb.encode_header(make_header(codec=nb.CodecSettings(8, 8, True, True, 1.0, "lzma")))
+    assert nb.unpack(frame(packed, sections, version=2)).header.codec.packing == "lzma"
+    assert error_of(frame(packed, sections, version=1)) == "header: format version 1 has no codec.packing field"

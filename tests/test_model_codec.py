@@ -58,7 +58,7 @@ def test_stage_schedule_follows_the_step():
 def test_field_stage_trains_the_field_only():
     model = _model()
     losses, _ = _losses(model, 0)
-    assert set(losses) == {"rgb_loss"}
+    assert set(losses) == {"rgb_loss", "plane_tv"}  # the plane TV penalty is on by default
     assert _has_grad(model.field.planes)
     assert not _has_grad(model.codec.parameters())
 
@@ -128,7 +128,7 @@ def test_codec_disabled_has_no_codec_parameters():
     model = _model(codec_enabled=False)
     assert model.codec is None and set(model.get_param_groups()) == {"fields", "planes"}
     losses, _ = _losses(model, 0)
-    assert set(losses) == {"rgb_loss"}
+    assert set(losses) == {"rgb_loss", "plane_tv"}  # the plane TV penalty is on by default
 
 
 def test_no_grad_render_in_training_mode_returns_only_per_ray_outputs():
