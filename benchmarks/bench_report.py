@@ -2,6 +2,10 @@
 (stdout) and the rate-distortion plot.
 
     python benchmarks/bench_report.py outputs/bench_lego200/results.json --plot docs/rd_lego200.png
+
+``--nerfcodec-from OTHER.json`` replaces the NeRFCodec points by those of another bench run on the
+same base field and val images (e.g. one run with ``--no-baselines`` after a codec change), so the
+baselines need not be re-run; the merged results can be written with ``--out``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,29 @@ class Args:
     """Where to write the rate-distortion plot (PNG)."""
     title: str = "lego: val PSNR vs scene file size"
     """Plot title."""
+    nerfcodec_from: Optional[Path] = None
+    """Take the NeRFCodec points (families nerfcodec*) from this results.json instead."""
+    out: Optional[Path] = None
+    """Write the (merged) results, with the recomputed BD table, to this JSON file."""
 
 
 def main(args: Args) -> None:
     result = json.loads(args.results.read_text())
+    if args.nerfcodec_from is not None:
+        other = json.loads(args.nerfcodec_from.read_text())
+        for key in ("base_config", "num_eval_images", "split"):
+            if other.get(key) != result.get(key):
+                raise SystemExit(f"{args.nerfcodec_from}: {key} is {other.get(key)!r}, the baselines' run has {result.get(key)!r}")
+        if abs(other["reference"]["psnr"] - result["reference"]["psnr"]) > 1e-6:
+            raise SystemExit(f"{args.nerfcodec_from}: the uncompressed field scores differently: not the same field or images")
+        result["points"] = [p for p in result["points"] if not p["family"].startswith("nerfcodec")]
+        result["points"] += [p for p in other["points"] if p["family"].startswith("nerfcodec")]
+        result["nerfcodec_from"] = {"file": str(args.nerfcodec_from), "config": other.get("config"),
+                                    "times_s": other.get("times_s")}
     result["bd"] = bd_table(result["points"])
     print(markdown_report(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.plot is not None:
         plot(result["points"], result["reference"]["psnr"], args.plot, args.title)
 

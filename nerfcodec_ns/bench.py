@@ -86,6 +86,9 @@ class BenchConfig:
     """Codec normalisation range (CodecConfig.clip_sigmas)."""
     weights: str = "embedded"
     """Codec backbone weights ("embedded", "zoo" or a file); also the non-adapted CompressAI baseline's."""
+    adapt_heads: bool = True
+    """NeRFCodec points with trained (transmitted) encoder-input and decoder-output layers; False: the
+    backbone's RGB layers tiled over the channels, frozen and not transmitted (CodecConfig.adapt_heads)."""
     baselines: bool = True
     """Run the baseline coders."""
     baseline_families: Tuple[str, ...] = ()
@@ -207,7 +210,8 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     tc = copy.deepcopy(base_cfg)
     m = tc.pipeline.model
     m.codec_enabled = True
-    m.codec = codec if codec is not None else CodecConfig(weights=cfg.weights, clip_sigmas=cfg.clip_sigmas)
+    m.codec = codec if codec is not None else CodecConfig(weights=cfg.weights, clip_sigmas=cfg.clip_sigmas,
+                                                          adapt_heads=cfg.adapt_heads)
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field

@@ -104,3 +104,16 @@ def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_
         assert (out / "results.json").read_text() == "{}"  # nothing lost
     if case == "overwrite-foreign-folder":
         assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_bench_can_run_nerfcodec_with_frozen_pretrained_heads(tiny_run, tiny_backbone):
+    """``--no-adapt-heads``: the codec stages use the frozen, tiled RGB layers (nothing transmitted for them)."""
+    from nerfcodec_ns.bench import BenchConfig, codec_trainer, load_base
+
+    base_cfg, state, _ = load_base(tiny_run)
+    for adapt in (True, False):
+        cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, adapt_heads=adapt, train_rays=64)
+        codec = codec_trainer(cfg, base_cfg, state, 1e-5).pipeline.model.codec
+        assert codec.config.adapt_heads is adapt
+        assert (codec.transmitted_sizes()["head"] > 0) is adapt
+        assert codec.g_s_head.layer.weight.requires_grad is adapt
