@@ -44,7 +44,8 @@ class Args:
     ablation_lambda: Optional[float] = None
     """Lambda of the ablation runs (default: the middle of --lambdas)."""
     ablations: Tuple[str, ...] = ("random-backbone", "no-compensation", "frozen-heads")
-    """Which ablations to run (empty: none)."""
+    """Which ablations to run (empty: none); also "pretrained-init-heads" (adapted heads that start from
+    the tiled pretrained layers, CodecConfig.head_init)."""
     weights: str = "embedded"
     """Backbone weights of the main runs ("embedded", "zoo" or a file)."""
     latent_gain: float = 1.0
@@ -189,7 +190,7 @@ def main(args: Args) -> Dict:
     mid = args.ablation_lambda if args.ablation_lambda is not None else sorted(args.lambdas)[len(args.lambdas) // 2]
     settings = [(f"main@{lm:g}", {}, lm) for lm in args.lambdas]
     variants = {"random-backbone": {"weights": "random"}, "no-compensation": {"compensation": False},
-                "frozen-heads": {"adapt_heads": False}}
+                "frozen-heads": {"adapt_heads": False}, "pretrained-init-heads": {"head_init": "pretrained"}}
     settings += [(f"{a}@{mid:g}", variants[a], mid) for a in args.ablations]
     if args.only:
         settings = [s for s in settings if s[0] in args.only]

@@ -88,6 +88,10 @@ class CodecConfig:
     adapt_heads: bool = True
     """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
     layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
+    head_init: Literal["random", "pretrained"] = "random"
+    """Start of the adapted layers (``adapt_heads``): "random" (a fresh layer, as in the reference) or
+    "pretrained" (the backbone's RGB layers tiled over the channels, i.e. where the frozen heads are,
+    then trained). Only the adapted layers' starting point differs; what is transmitted is the same."""
 
     def __post_init__(self) -> None:
         if self.backbone not in ARCHITECTURES:
@@ -96,6 +100,8 @@ class CodecConfig:
             raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
         if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
             raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
+        if self.head_init not in ("random", "pretrained"):
+            raise ValueError(f"head_init must be 'random' or 'pretrained', got {self.head_init!r}")
         for name in ("head_bits", "vector_bits"):
             if not 2 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")
@@ -426,8 +432,10 @@ def _tiled_index(C: int, group: int = 1) -> Tensor:
     return (rgb[:, None] * group + torch.arange(group)[None, :]).reshape(-1)
 
 
-def _encoder_input_layer(first: nn.Module, architecture: str, C: int, N: int, adapt: bool) -> nn.Module:
-    """First ``g_a`` layer taking C channels: new (``adapt``) or the pretrained RGB layer tiled over C.
+def _encoder_input_layer(first: nn.Module, architecture: str, C: int, N: int, adapt: bool,
+                         tiled_init: bool = False) -> nn.Module:
+    """First ``g_a`` layer taking C channels: new (``adapt``) or the pretrained RGB layer tiled over C
+    (also the starting point of a new layer with ``tiled_init``).
 
     Tiling gives input channel c the pretrained weights of RGB channel ``c % 3`` times ``3 / C``, so
     each RGB input effectively sees the mean of its channel group.
@@ -439,7 +447,7 @@ def _encoder_input_layer(first: nn.Module, architecture: str, C: int, N: int, ad
         layer: nn.Module = ResidualBlockWithStride(C, N, stride=2)
     else:
         layer = conv(C, N, kernel_size=5, stride=2)
-    if adapt:
+    if adapt and not tiled_init:
         return layer
     idx = _tiled_index(C)
     state = {k: (v[:, idx] * (3.0 / C) if v.ndim == 4 and v.shape[1] == 3 else v)
@@ -449,7 +457,7 @@ def _encoder_input_layer(first: nn.Module, architecture: str, C: int, N: int, ad
 
 
 def _decoder_head(
-    last: nn.Module, architecture: str, C: int, N: int, bits: int, adapt: bool
+    last: nn.Module, architecture: str, C: int, N: int, bits: int, adapt: bool, tiled_init: bool = False
 ) -> QuantizedHead:
     """Last ``g_s`` layer producing C channels, as a :class:`QuantizedHead`.
 
@@ -465,7 +473,7 @@ def _decoder_head(
     else:
         head = QuantizedHead(deconv(N, C, kernel_size=5, stride=2), bits, quantize=adapt)
         old, idx, dim = last, _tiled_index(C), 1
-    if not adapt:
+    if not adapt or tiled_init:
         with torch.no_grad():
             head.layer.weight.copy_(old.weight.index_select(dim, idx))
             head.layer.bias.copy_(old.bias[idx])
@@ -574,8 +582,9 @@ class PlaneCodec(nn.Module):
         self.N, self.M = info.N, info.M
         adapt = config.adapt_heads
 
-        first = _encoder_input_layer(model.g_a[0], self.architecture, C, self.N, adapt)
-        head = _decoder_head(model.g_s[-1], self.architecture, C, self.N, config.head_bits, adapt)
+        tiled = config.head_init == "pretrained"
+        first = _encoder_input_layer(model.g_a[0], self.architecture, C, self.N, adapt, tiled)
+        head = _decoder_head(model.g_s[-1], self.architecture, C, self.N, config.head_bits, adapt, tiled)
         self.g_a = nn.Sequential(first, *model.g_a[1:])
         self.g_s = nn.Sequential(*model.g_s[:-1], head)
         self.h_a, self.h_s = model.h_a, model.h_s

@@ -498,3 +498,19 @@ def test_quant_scale_makes_quantization_idempotent():
         assert torch.equal(ints.float() * scale, once)
         assert ((once - x).abs() <= scale / 2 * (1 + 1e-6)).all()
         assert math.isclose(float(nc.fake_quantize(torch.zeros(1, 3), bits, (1,)).abs().sum()), 0.0)
+
+
+def test_adapted_heads_can_start_from_the_tiled_pretrained_layers():
+    """head_init="pretrained": the adapted layers start as the frozen heads are, but train and are
+    quantized and transmitted like any adapted head."""
+    backbone = tiny_backbone()
+    frozen = make_codec(C=5, resolutions=(17,), backbone=backbone, adapt_heads=False)
+    codec = make_codec(C=5, resolutions=(17,), backbone=backbone, head_init="pretrained")
+    torch.testing.assert_close(codec.g_s_head.layer.weight, frozen.g_s_head.layer.weight, atol=0, rtol=0)
+    torch.testing.assert_close(codec.g_a[0].weight, frozen.g_a[0].weight, atol=0, rtol=0)
+    assert codec.g_s_head.layer.weight.requires_grad and codec.g_a[0].weight.requires_grad
+    assert codec.transmitted_sizes()["head"] == frozen.g_s_head.layer.weight.numel() + 4 * 5 + 4 * 5
+    random = make_codec(C=5, resolutions=(17,), backbone=backbone)
+    assert not torch.equal(random.g_s_head.layer.weight, codec.g_s_head.layer.weight)
+    with pytest.raises(ValueError, match="head_init"):
+        nc.CodecConfig(head_init="zeros")
