@@ -15,7 +15,7 @@ import glob
 import json
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import tyro
@@ -61,6 +61,40 @@ def code_all(codec: PlaneCodec, planes: List[torch.Tensor], G: int):
     return rec, bits
 
 
+def train_probe(codec: PlaneCodec, code: Callable, args, steps: int, tag: Dict, t0: float,
+                extra_groups: Sequence[Dict] = ()) -> List[Dict]:
+    """Warm-up training of ``codec`` on the loss ``mean(rec) + lmbda * kB`` where ``code()`` returns
+    (per-level normalised MSE, estimated bits); Adam on the codec groups (``args.lr``, ``args.heads_lr``)
+    plus ``extra_groups``, CompressAI's aux loss on its own. Evaluates (eval mode) every 50 steps and at
+    the end; returns and prints those rows, each labelled with ``tag``."""
+    groups = codec.parameter_groups(split_heads=True)
+    opt = torch.optim.Adam([{"params": groups["codec"], "lr": args.lr},
+                            {"params": groups["codec_heads"], "lr": args.heads_lr}, *extra_groups])
+    aux = torch.optim.Adam(groups["codec_aux"], lr=1e-3)
+    history = []
+    for step in range(steps + 1):
+        if step % 50 == 0 or step == steps:
+            codec.eval()
+            with torch.no_grad():
+                rec, bits = code()
+            codec.train()
+            row = {**tag, "step": step, "rec": [round(float(r), 4) for r in rec],
+                   "est_kB": round(float(bits) / 8000, 2), "s": round(time.perf_counter() - t0, 1)}
+            history.append(row)
+            print(json.dumps(row), flush=True)
+        if step == steps:
+            return history
+        rec, bits = code()
+        loss = sum(rec) / len(rec) + args.lmbda * bits / 8000
+        opt.zero_grad()
+        aux.zero_grad()
+        loss.backward()
+        codec.aux_loss().backward()
+        opt.step()
+        aux.step()
+    return history
+
+
 def main(args: Args) -> None:
     torch.manual_seed(0)
     planes = load_planes(args.base)
@@ -70,32 +104,8 @@ def main(args: Args) -> None:
     for G in args.groups:
         cfg = CodecConfig(clip_sigmas=args.clip_sigmas, compensation=False, latent_gain=args.latent_gain)
         codec = PlaneCodec(cfg, G, resolutions, backbone=backbone)
-        groups = codec.parameter_groups(split_heads=True)
-        opt = torch.optim.Adam([{"params": groups["codec"], "lr": args.lr},
-                                {"params": groups["codec_heads"], "lr": args.heads_lr}])
-        aux = torch.optim.Adam(groups["codec_aux"], lr=1e-3)
-        t0 = time.perf_counter()
-        history = []
-        for step in range(args.steps + 1):
-            if step % 50 == 0 or step == args.steps:
-                codec.eval()
-                with torch.no_grad():
-                    rec, bits = code_all(codec, planes, G)
-                codec.train()
-                row = {"G": G, "step": step, "rec": [round(float(r), 4) for r in rec],
-                       "est_kB": round(float(bits) / 8000, 2), "s": round(time.perf_counter() - t0, 1)}
-                history.append(row)
-                print(json.dumps(row), flush=True)
-            if step == args.steps:
-                break
-            rec, bits = code_all(codec, planes, G)
-            loss = sum(rec) / len(rec) + args.lmbda * bits / 8000
-            opt.zero_grad()
-            aux.zero_grad()
-            loss.backward()
-            codec.aux_loss().backward()
-            opt.step()
-            aux.step()
+        history = train_probe(codec, lambda: code_all(codec, planes, G), args, args.steps, {"G": G},
+                              time.perf_counter())
         head = sum(p.numel() for p in codec.g_s_head.parameters())
         results.append({"G": G, "head_params": head, "history": history})
     if args.out:

@@ -18,8 +18,9 @@ import time
 import torch
 import tyro
 
-from group_probe import load_planes
+from group_probe import load_planes, train_probe
 from nerfcodec_ns.codec import CodecConfig, PlaneCodec, estimate_bits, load_backbone, plane_stats
+from nerfcodec_ns.model import normalized_mse
 
 
 @dataclasses.dataclass
@@ -45,38 +46,15 @@ def decode_from_y(codec: PlaneCodec, y: torch.Tensor, planes: torch.Tensor, leve
     return x_hat, estimate_bits({"y": y_lik, "z": z_lik})
 
 
-def nmse(x_hat, x):
-    return (x_hat - x).pow(2).mean() / x.var(dim=(0, 2, 3)).mean()
-
-
 def run(codec, planes, args, latents, steps, tag, t0):
-    groups = codec.parameter_groups(split_heads=True)
-    params = [{"params": groups["codec"], "lr": args.lr}, {"params": groups["codec_heads"], "lr": args.heads_lr}]
-    if latents is not None:
-        params.append({"params": latents, "lr": args.latent_lr})
-    opt = torch.optim.Adam(params)
-    aux = torch.optim.Adam(groups["codec_aux"], lr=1e-3)
-    for step in range(steps + 1):
-        if step % 50 == 0:
-            codec.eval()
-            with torch.no_grad():
-                outs = [decode_from_y(codec, latents[l], x, l) if latents is not None else codec(x, l)[:3:2]
-                        for l, x in enumerate(planes)]
-            codec.train()
-            print(json.dumps({"arm": tag, "step": step, "rec": [round(float(nmse(o[0], x)), 4) for o, x in zip(outs, planes)],
-                              "est_kB": round(float(sum(o[1] for o in outs)) / 8000, 2),
-                              "s": round(time.perf_counter() - t0, 1)}), flush=True)
-        if step == steps:
-            return
+    """Train on the warm-up task; ``latents``: optimize these y per level (else the encoder makes y)."""
+    def code():
         outs = [decode_from_y(codec, latents[l], x, l) if latents is not None else codec(x, l)[:3:2]
                 for l, x in enumerate(planes)]
-        loss = sum(nmse(o[0], x) for o, x in zip(outs, planes)) / len(planes) + args.lmbda * sum(o[1] for o in outs) / 8000
-        opt.zero_grad()
-        aux.zero_grad()
-        loss.backward()
-        codec.aux_loss().backward()
-        opt.step()
-        aux.step()
+        return [normalized_mse(o[0], x) for o, x in zip(outs, planes)], sum(o[1] for o in outs)
+
+    extra = [{"params": latents, "lr": args.latent_lr}] if latents is not None else []
+    train_probe(codec, code, args, steps, {"arm": tag}, t0, extra)
 
 
 def main(args: Args) -> None:

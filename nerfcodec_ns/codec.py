@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from nerfcodec_ns.field import PLANE_AXES
 
 Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
+HEAD_INITS = ("random", "pretrained")
 ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
 
 #: Backbone shipped with the package (``weights="embedded"``); written by the pretraining command.
@@ -100,8 +101,8 @@ class CodecConfig:
             raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
         if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
             raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
-        if self.head_init not in ("random", "pretrained"):
-            raise ValueError(f"head_init must be 'random' or 'pretrained', got {self.head_init!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         for name in ("head_bits", "vector_bits"):
             if not 2 <= getattr(self, name) <= 8:
                 raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")

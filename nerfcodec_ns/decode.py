@@ -102,8 +102,8 @@ def _load_codec_state(codec: "PlaneCodec", bs: nb.Bitstream) -> None:
     if codec.autoregressive:
         groups.append(("context_model", [k for k in expected if k.startswith(("context_prediction.", "entropy_parameters."))]))
     for section, keys in groups:
-        # encode_array: 2 + 4 * ndim header bytes per array; encode_strings: at most 5 length bytes each
-        raw_size = sum(expected[k].numel() * expected[k].element_size() + 2 + 4 * expected[k].ndim + 5 for k in keys) + 5
+        # a packed section unpacks to exactly the encoding of arrays of the expected shapes
+        raw_size = len(nb.encode_strings([nb.encode_array(expected[k].numpy()) for k in keys]))
         values = _arrays(bs, section, raw_size)
         if len(values) != len(keys):
             raise nb.BitstreamError(f"section '{section}' holds {len(values)} arrays, expected {len(keys)}")
