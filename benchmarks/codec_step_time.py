@@ -34,17 +34,21 @@ class Args:
     """Untimed steps."""
     steps: int = 5
     """Timed steps per resolution set."""
+    precisions: Tuple[str, ...] = ("float32",)
+    """Training arithmetic of the codec's transforms to time (``CodecConfig.train_precision``), each
+    in the same run: float32 and/or bfloat16."""
     out: Path = Path("docs/bench/codec_step_time.json")
     """Where to write the results."""
 
 
-def time_codec_step(resolutions, channels: int, weights: str, warmup: int, steps: int) -> Dict:
+def time_codec_step(resolutions, channels: int, weights: str, warmup: int, steps: int,
+                    precision: str = "float32") -> Dict:
     import torch
 
     from nerfcodec_ns.codec import CodecConfig, PlaneCodec
 
     torch.manual_seed(0)
-    codec = PlaneCodec(CodecConfig(weights=weights), channels, resolutions)
+    codec = PlaneCodec(CodecConfig(weights=weights, train_precision=precision), channels, resolutions)
     codec.train()
     planes = [torch.nn.Parameter(torch.rand(3, channels, r, r)) for r in resolutions]
     params = planes + [p for ps in codec.parameter_groups().values() for p in ps]
@@ -65,7 +69,7 @@ def time_codec_step(resolutions, channels: int, weights: str, warmup: int, steps
         step()
     dt = (time.perf_counter() - t0) / steps
     texels = sum(3 * r * r for r in resolutions)
-    return {"resolutions": list(resolutions), "channels": channels, "texels": texels,
+    return {"resolutions": list(resolutions), "channels": channels, "texels": texels, "precision": precision,
             "codec_s_per_step": round(dt, 3), "backbone": f"{codec.architecture} N={codec.N} M={codec.M}"}
 
 
@@ -77,16 +81,20 @@ def main(args: Args) -> Dict:
     rows = []
     for spec in args.resolutions:
         res = tuple(int(r) for r in spec.split(","))
-        rows.append(time_codec_step(res, args.channels, args.weights, args.warmup, args.steps))
-        print(rows[-1], flush=True)
+        for precision in args.precisions:
+            rows.append(time_codec_step(res, args.channels, args.weights, args.warmup, args.steps, precision))
+            print(rows[-1], flush=True)
     base = rows[0]["codec_s_per_step"]
     for r in rows:
         r["relative_to_first"] = round(r["codec_s_per_step"] / base, 2)
+        same = [q for q in rows if q["resolutions"] == r["resolutions"] and q["precision"] == args.precisions[0]]
+        r["relative_to_first_precision"] = round(r["codec_s_per_step"] / same[0]["codec_s_per_step"], 2)
     table = Table(title="codec part of a joint step (CPU)")
-    for col in ("resolutions", "texels", "s/step", "x first"):
+    for col in ("resolutions", "precision", "texels", "s/step", "x first", f"x {args.precisions[0]}"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["resolutions"]), str(r["texels"]), f"{r['codec_s_per_step']:.3f}", f"{r['relative_to_first']:.2f}")
+        table.add_row(str(r["resolutions"]), r["precision"], str(r["texels"]), f"{r['codec_s_per_step']:.3f}",
+                      f"{r['relative_to_first']:.2f}", f"{r['relative_to_first_precision']:.2f}")
     Console().print(table)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}, device cpu", "rows": rows}

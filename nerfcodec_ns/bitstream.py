@@ -39,6 +39,25 @@ import numpy as np
 
 __all__ = [
     "MAGIC",
+    "MAX_FILE_BYTES",
+    "MAX_LEVELS",
+    "MAX_RESOLUTION",
+    "MAX_CHANNELS",
+    "MAX_PLANE_VALUES",
+    "MAX_LATENT_SYMBOLS",
+    "MAX_BACKBONE_CHANNELS",
+    "MAX_MLP_WIDTH",
+    "MAX_GRID_RESOLUTION",
+    "MAX_CAMERAS",
+    "MIN_IMAGE_SIDE",
+    "MAX_IMAGE_SIDE",
+    "MAX_SAMPLES_PER_RAY",
+    "MAX_MAGNITUDE",
+    "MIN_FOCAL",
+    "MIN_LATENT_GAIN",
+    "MAX_LATENT_GAIN",
+    "CAMERA_MODELS",
+    "limits",
     "FORMAT_VERSION",
     "READABLE_VERSIONS",
     "PACKINGS",
@@ -90,6 +109,45 @@ ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
 
 #: Most bytes the decompressed header JSON may have (checked on both sides; also bounds zlib).
 MAX_HEADER_JSON_BYTES = 1 << 20
+
+# Limits of the format. Writer and reader check the same numbers (the header dataclasses validate on
+# construction), so every file the exporter can write is inside them, and a decoder's memory and time
+# are bounded by them before anything is allocated or decoded. docs/bitstream.md lists them.
+#: Largest scene file the reader opens (bytes).
+MAX_FILE_BYTES = 256 << 20
+#: Plane levels per field.
+MAX_LEVELS = 8
+#: Plane side R of one level.
+MAX_RESOLUTION = 1024
+#: Feature channels C per plane.
+MAX_CHANNELS = 128
+#: All plane values of a field together (3 x C x R^2 summed over levels): 256 MiB as float32.
+MAX_PLANE_VALUES = 1 << 26
+#: Latent symbols of one coded plane (M x (H/16) x (W/16)); bounds each entropy decoder's work and pad.
+MAX_LATENT_SYMBOLS = 1 << 20
+#: Channels N and M of the backbone.
+MAX_BACKBONE_CHANNELS = 1024
+#: Width of any MLP layer, and the geometry feature size.
+MAX_MLP_WIDTH = 1024
+#: Occupancy-grid resolution (a 512^3 grid is 16 MiB of bits).
+MAX_GRID_RESOLUTION = 512
+#: Training cameras (poses) in the ``cameras`` section.
+MAX_CAMERAS = 1 << 16
+#: Image width and height of the cameras, in pixels.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 16384
+#: Samples along the scene box's diagonal (diagonal / render_step_size): bounds rendering time.
+MAX_SAMPLES_PER_RAY = 1 << 16
+#: Smallest focal length (px): a field of view just under 180 degrees at the largest image side.
+MIN_FOCAL = 1e-2
+#: Magnitude of any coordinate, focal length, transform entry or scale in the header.
+MAX_MAGNITUDE = 1e6
+#: Latent quantization gain, inclusive range.
+MIN_LATENT_GAIN, MAX_LATENT_GAIN = 2.0**-8, 2.0**8
+#: Spatial downsampling of y (the analysis transform) and of the padding (with the hyper-analysis).
+LATENT_STRIDE, PAD_MULTIPLE = 16, 64
+#: nerfstudio camera types a file may name (``nerfstudio.cameras.cameras.CameraType`` members).
+CAMERA_MODELS = ("PERSPECTIVE", "FISHEYE", "EQUIRECTANGULAR", "OMNIDIRECTIONALSTEREO_L",
+                 "OMNIDIRECTIONALSTEREO_R", "VR180_L", "VR180_R", "ORTHOPHOTO", "FISHEYE624")
 MAX_SECTIONS = 0xFFFF
 MAX_SECTION_NAME = 64
 _MAX_U32 = 0xFFFFFFFF
@@ -126,6 +184,21 @@ def _short(value: Any, limit: int = 60) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def limits() -> Dict[str, Any]:
+    """The decoder's limits by name (what ``nerfcodec info --limits`` prints and docs/bitstream.md lists)."""
+    return {
+        "file bytes": MAX_FILE_BYTES, "plane levels": MAX_LEVELS, "plane resolution": MAX_RESOLUTION,
+        "plane channels": MAX_CHANNELS, "plane values (all levels)": MAX_PLANE_VALUES,
+        "latent symbols per plane": MAX_LATENT_SYMBOLS, "backbone N and M": MAX_BACKBONE_CHANNELS,
+        "MLP width": MAX_MLP_WIDTH, "occupancy-grid resolution": MAX_GRID_RESOLUTION,
+        "cameras": MAX_CAMERAS, "image side (px)": f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}",
+        "samples per ray (box diagonal / step)": MAX_SAMPLES_PER_RAY,
+        "magnitude of header numbers": MAX_MAGNITUDE, "focal length (px)": f">= {MIN_FOCAL:g}",
+        "latent gain": f"{MIN_LATENT_GAIN:g}..{MAX_LATENT_GAIN:g}", "header JSON bytes": MAX_HEADER_JSON_BYTES,
+        "camera models": ", ".join(CAMERA_MODELS),
+    }
+
+
 def _bad(owner: str, name: str, expected: str, value: Any) -> BitstreamError:
     return BitstreamError(f"invalid {owner}.{name}: expected {expected}, got {_short(value)}")
 
@@ -136,15 +209,17 @@ def _int(owner: str, name: str, value: Any, lo: int = 1, hi: int = _MAX_INT) -> 
     return int(value)
 
 
-def _float(owner: str, name: str, value: Any, lo: float = -math.inf, positive: bool = False) -> float:
-    what = "a finite float" + (" > 0" if positive else f" >= {lo:g}" if lo > -math.inf else "")
+def _float(owner: str, name: str, value: Any, lo: float = -MAX_MAGNITUDE, positive: bool = False,
+           hi: float = MAX_MAGNITUDE) -> float:
+    low = f"> 0" if positive else f">= {lo:g}"
+    what = f"a finite float {low} and <= {hi:g}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _bad(owner, name, what, value)
     try:
         out = float(value)
     except (OverflowError, ValueError):
         raise _bad(owner, name, what, value) from None
-    if not math.isfinite(out) or out < lo or (positive and out <= 0):
+    if not math.isfinite(out) or out < lo or out > hi or (positive and out <= 0):
         raise _bad(owner, name, what, value)
     return out
 
@@ -201,7 +276,8 @@ class BackboneId:
         if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
             raise _bad(o, "sha256", "64 lower-case hex digits", sha)
         _set(self, architecture=_str(o, "architecture", self.architecture, ARCHITECTURES),
-             N=_int(o, "N", self.N), M=_int(o, "M", self.M), source=_str(o, "source", self.source))
+             N=_int(o, "N", self.N, 1, MAX_BACKBONE_CHANNELS), M=_int(o, "M", self.M, 1, MAX_BACKBONE_CHANNELS),
+             source=_str(o, "source", self.source))
 
 
 @dataclass(frozen=True)
@@ -223,14 +299,19 @@ class FieldArch:
     def __post_init__(self) -> None:
         o = "FieldArch"
         res = _seq(o, "resolutions", self.resolutions)
-        if not res:
-            raise _bad(o, "resolutions", "at least one level", self.resolutions)
-        _set(self, resolutions=tuple(_int(o, f"resolutions[{i}]", r) for i, r in enumerate(res)),
-             channels=_int(o, "channels", self.channels),
+        if not 1 <= len(res) <= MAX_LEVELS:
+            raise _bad(o, "resolutions", f"1..{MAX_LEVELS} levels", self.resolutions)
+        resolutions = tuple(_int(o, f"resolutions[{i}]", r, 1, MAX_RESOLUTION) for i, r in enumerate(res))
+        channels = _int(o, "channels", self.channels, 1, MAX_CHANNELS)
+        values = sum(3 * channels * r * r for r in resolutions)
+        if values > MAX_PLANE_VALUES:
+            raise _bad(o, "resolutions", f"at most {MAX_PLANE_VALUES} plane values (3 x channels x R^2 summed)",
+                       f"{values} values")
+        _set(self, resolutions=resolutions, channels=channels,
              reduce=_str(o, "reduce", self.reduce, ("product", "sum")),
-             hidden_dim=_int(o, "hidden_dim", self.hidden_dim),
-             geo_feat_dim=_int(o, "geo_feat_dim", self.geo_feat_dim),
-             hidden_dim_color=_int(o, "hidden_dim_color", self.hidden_dim_color),
+             hidden_dim=_int(o, "hidden_dim", self.hidden_dim, 1, MAX_MLP_WIDTH),
+             geo_feat_dim=_int(o, "geo_feat_dim", self.geo_feat_dim, 1, MAX_MLP_WIDTH),
+             hidden_dim_color=_int(o, "hidden_dim_color", self.hidden_dim_color, 1, MAX_MLP_WIDTH),
              sh_degree=_int(o, "sh_degree", self.sh_degree, 1, 4))
 
 
@@ -246,11 +327,21 @@ class LevelShape:
 
     def __post_init__(self) -> None:
         o = "LevelShape"
-        r = _int(o, "resolution", self.resolution)
+        r = _int(o, "resolution", self.resolution, 1, MAX_RESOLUTION)
         padded = tuple(_int(o, f"padded_shape[{i}]", v, r) for i, v in
                        enumerate(_seq(o, "padded_shape", self.padded_shape, 2)))
         z = tuple(_int(o, f"z_shape[{i}]", v) for i, v in enumerate(_seq(o, "z_shape", self.z_shape, 2)))
+        # the codec pads every plane to the next multiple of PAD_MULTIPLE, and z is 1/PAD_MULTIPLE of it
+        side = -(-r // PAD_MULTIPLE) * PAD_MULTIPLE
+        if padded != (side, side):
+            raise _bad(o, "padded_shape", f"({side}, {side}) for resolution {r}", padded)
+        if z != (side // PAD_MULTIPLE,) * 2:
+            raise _bad(o, "z_shape", f"({side // PAD_MULTIPLE}, {side // PAD_MULTIPLE}) for resolution {r}", z)
         _set(self, resolution=r, padded_shape=padded, z_shape=z)
+
+    def latent_symbols(self, M: int) -> int:
+        """Symbols of one plane's latent y: M x (H/16) x (W/16)."""
+        return int(M) * (self.padded_shape[0] // LATENT_STRIDE) * (self.padded_shape[1] // LATENT_STRIDE)
 
 
 @dataclass(frozen=True)
@@ -279,7 +370,7 @@ class CodecSettings:
              vector_bits=_int(o, "vector_bits", self.vector_bits, 2, 8),
              compensation=_bool(o, "compensation", self.compensation),
              adapt_heads=_bool(o, "adapt_heads", self.adapt_heads),
-             latent_gain=_float(o, "latent_gain", self.latent_gain, positive=True),
+             latent_gain=_float(o, "latent_gain", self.latent_gain, MIN_LATENT_GAIN, hi=MAX_LATENT_GAIN),
              packing=_str(o, "packing", self.packing, choices=PACKINGS))
 
 
@@ -303,11 +394,15 @@ class RenderSettings:
         box = tuple(_float(o, f"aabb[{i}]", v) for i, v in enumerate(_seq(o, "aabb", self.aabb, 6)))
         if not all(box[i] < box[i + 3] for i in range(3)):
             raise _bad(o, "aabb", "min < max on every axis", box)
-        _set(self, aabb=box,
-             render_step_size=_float(o, "render_step_size", self.render_step_size, positive=True),
-             grid_resolution=_int(o, "grid_resolution", self.grid_resolution),
-             alpha_thre=_float(o, "alpha_thre", self.alpha_thre, 0.0),
-             early_stop_eps=_float(o, "early_stop_eps", self.early_stop_eps, 0.0),
+        step = _float(o, "render_step_size", self.render_step_size, positive=True)
+        diagonal = math.sqrt(sum((box[i + 3] - box[i]) ** 2 for i in range(3)))
+        if diagonal / step > MAX_SAMPLES_PER_RAY:
+            raise _bad(o, "render_step_size", f"at least the box diagonal / {MAX_SAMPLES_PER_RAY} "
+                       f"({diagonal / MAX_SAMPLES_PER_RAY:.3g})", step)
+        _set(self, aabb=box, render_step_size=step,
+             grid_resolution=_int(o, "grid_resolution", self.grid_resolution, 1, MAX_GRID_RESOLUTION),
+             alpha_thre=_float(o, "alpha_thre", self.alpha_thre, 0.0, hi=1.0),
+             early_stop_eps=_float(o, "early_stop_eps", self.early_stop_eps, 0.0, hi=1.0),
              near_plane=_float(o, "near_plane", self.near_plane, 0.0),
              background=_str(o, "background", self.background, ("white", "black")))
 
@@ -339,11 +434,13 @@ class CameraSet:
                   enumerate(_seq(o, f"dataparser_transform[{i}]", row, 4)))
             for i, row in enumerate(rows)
         )
-        _set(self, camera_model=_str(o, "camera_model", self.camera_model, nonempty=True),
-             width=_int(o, "width", self.width), height=_int(o, "height", self.height),
-             fx=_float(o, "fx", self.fx, positive=True), fy=_float(o, "fy", self.fy, positive=True),
+        _set(self, camera_model=_str(o, "camera_model", self.camera_model, CAMERA_MODELS),
+             width=_int(o, "width", self.width, MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
+             height=_int(o, "height", self.height, MIN_IMAGE_SIDE, MAX_IMAGE_SIDE),
+             fx=_float(o, "fx", self.fx, MIN_FOCAL), fy=_float(o, "fy", self.fy, MIN_FOCAL),
              cx=_float(o, "cx", self.cx), cy=_float(o, "cy", self.cy), dataparser_transform=transform,
-             dataparser_scale=_float(o, "dataparser_scale", self.dataparser_scale, positive=True))
+             dataparser_scale=_float(o, "dataparser_scale", self.dataparser_scale, 1.0 / MAX_MAGNITUDE,
+                                     hi=MAX_MAGNITUDE))
 
 
 @dataclass(frozen=True)
@@ -376,6 +473,11 @@ class Header:
         if level_res != self.field.resolutions:
             raise _bad(o, "levels", f"resolutions {list(self.field.resolutions)} (field.resolutions)",
                        list(level_res))
+        for i, level in enumerate(levels):
+            symbols = level.latent_symbols(self.backbone.M)
+            if symbols > MAX_LATENT_SYMBOLS:
+                raise _bad(o, f"levels[{i}]", f"at most {MAX_LATENT_SYMBOLS} latent symbols per plane "
+                           f"(M x (H/16) x (W/16))", f"{symbols}")
         extra = []
         for i, item in enumerate(_seq(o, "extra", self.extra)):
             key, value = _seq(o, f"extra[{i}]", item, 2)
@@ -865,6 +967,9 @@ def read_file(path: Union[str, os.PathLike]) -> Bitstream:
         raise FileNotFoundError(f"scene file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not a scene file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise BitstreamError(f"{path}: {size} bytes is more than a scene file may have ({MAX_FILE_BYTES})")
     try:
         return unpack(path.read_bytes())
     except BitstreamError as exc:

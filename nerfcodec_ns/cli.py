@@ -7,10 +7,11 @@ never a traceback.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Optional, Tuple, Union
 
 import tyro
 
@@ -85,15 +86,20 @@ class PretrainCodec:
     or finished run with more --steps).
     """
 
-    images: Path
-    """Folder of training images (png/jpg/jpeg, not recursive); all are loaded into memory."""
+    images: Tuple[Path, ...]
+    """Folders of training images (png/jpg/jpeg, sub-folders included); all are loaded into memory."""
     output: Path
-    """Backbone file to write, e.g. backbone.pt."""
+    """Backbone file to write, e.g. backbone.pt (also OUTPUT.ckpt, resumable, and OUTPUT.log)."""
     config: Annotated[PretrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=PretrainConfig)
     resume: bool = False
     """Continue from OUTPUT.ckpt (same settings; --steps may grow)."""
     overwrite: bool = False
     """Replace an existing OUTPUT; without --resume also discard an existing OUTPUT.ckpt."""
+    stop_at: Optional[int] = None
+    """End at this step (checkpoint and backbone file written), on the schedule of --steps; --resume
+    later continues exactly as if uninterrupted."""
+    max_minutes: Optional[float] = None
+    """End after this many minutes of training in this call (same as --stop-at, by time)."""
 
     def main(self) -> None:
         from rich.console import Console
@@ -102,7 +108,9 @@ class PretrainCodec:
 
         try:
             result = pretrain(self.images, self.output, self.config, resume=self.resume,
-                              overwrite=self.overwrite, progress=True, console=Console(stderr=True))
+                              overwrite=self.overwrite, progress=True, console=Console(stderr=True),
+                              log_path=self.output.with_name(self.output.name + ".log"), stop_at=self.stop_at,
+                              max_seconds=None if self.max_minutes is None else 60.0 * self.max_minutes)
         except PretrainError as err:
             raise UserError(str(err)) from err
         except KeyboardInterrupt:
@@ -133,9 +141,11 @@ class EvalCodec:
     weights: Path
     """Backbone file written by pretrain-codec."""
     images: Path
-    """Folder of images (png/jpg/jpeg, not recursive), coded at full size."""
+    """Folder of images (png/jpg/jpeg, sub-folders included), coded at full size."""
     json: Optional[Path] = None
     """Also write the results (per image and mean) to this JSON file."""
+    gain: float = 1.0
+    """Latent quantization gain (y coded as round(gain * y) / gain): other rates from one model."""
 
     def main(self) -> None:
         import json
@@ -149,7 +159,9 @@ class EvalCodec:
             if self.json is not None:
                 _check_output_file(self.json)
             model, meta = load_backbone_file(self.weights)
-            results = evaluate(model, self.images, progress=True, console=Console(stderr=True))
+            if not (self.gain > 0 and math.isfinite(self.gain)):
+                raise UserError(f"--gain must be a positive number, got {self.gain}")
+            results = evaluate(model, self.images, progress=True, console=Console(stderr=True), gain=self.gain)
         except PretrainError as err:
             raise UserError(str(err)) from err
         rows = [(r["name"], f"{r['width']}x{r['height']}", f"{r['psnr']:.2f}", f"{r['bpp']:.4f}",
@@ -206,16 +218,26 @@ class Decode:
 class Info:
     """Sizes of a scene file's parts: every byte of the file is in exactly one row."""
 
-    scene: tyro.conf.Positional[Path]
+    scene: tyro.conf.Positional[Optional[Path]] = None
     """The scene file (SCENE.nfc)."""
     json: bool = False
     """Print one JSON object (total_bytes, sections, header) instead of tables."""
+    limits: bool = False
+    """Print the decoder's limits (what a scene file may contain, docs/bitstream.md) and exit."""
 
     def main(self) -> None:
         import json
 
         from nerfcodec_ns import bitstream as nb
 
+        if self.limits:
+            if self.json:
+                print(json.dumps(nb.limits()))
+            else:
+                _print_table("decoder limits", ["limit", "value"], [(k, str(v)) for k, v in nb.limits().items()])
+            return
+        if self.scene is None:
+            raise UserError("give a scene file (or --limits)")
         bs = nb.read_file(self.scene)
         data = self.scene.read_bytes()
         sizes = nb.section_sizes(data)
@@ -295,6 +317,11 @@ Commands = Union[
 
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
+    import warnings
+
+    # compressai 1.2.8 uses torch.jit.script, which torch >= 2.9 warns about on every import: noise
+    # that would turn the commands' one-line errors into three lines
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     cmd = tyro.cli(Commands, args=argv)
     try:
         cmd.main()

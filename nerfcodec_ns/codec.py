@@ -43,11 +43,21 @@ ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng
 
 #: Backbone shipped with the package (``weights="embedded"``); written by the pretraining command.
 EMBEDDED_BACKBONE = Path(__file__).resolve().parent / "weights" / "backbone.pt"
+
+
+def embedded_backbones() -> List[Path]:
+    """Every backbone file shipped with the package: the current one (``weights="embedded"``) first,
+    then earlier ones (``weights/backbone-*.pt``), kept so that scene files made with them still decode."""
+    folder = EMBEDDED_BACKBONE.parent
+    older = sorted(folder.glob("backbone-*.pt"), reverse=True)
+    return ([EMBEDDED_BACKBONE] if EMBEDDED_BACKBONE.is_file() else []) + older
 BACKBONE_FORMAT = "nerfcodec-backbone"
 BACKBONE_VERSION = 1
 
 #: Planes are zero-padded so H and W are multiples of this (g_a downsamples by 16, h_a by 4 more).
 PAD_MULTIPLE = 64
+#: Largest span (and magnitude) of the entropy bottleneck's quantiles: bounds its CDF tables' length.
+MAX_QUANTILE_SPAN = 1 << 14
 #: Initial value of the x-axis compensation vectors (y and z start at 0; see ``PlaneCodec``).
 COMPENSATION_INIT = 0.1
 #: Entropy-model buffers whose shapes change on ``update()`` (resized before loading a state dict).
@@ -89,6 +99,11 @@ class CodecConfig:
     adapt_heads: bool = True
     """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
     layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
+    train_precision: Literal["float32", "bfloat16"] = "float32"
+    """Arithmetic of the codec's transforms in training mode: "bfloat16" runs g_a, h_a, h_s and g_s
+    under autocast on channels-last tensors (faster on CPUs with AMX/AVX-512 BF16, and on GPUs); the
+    entropy models and the rate stay float32. Evaluation, export and decoding are always float32, so
+    files and their decoding are unchanged."""
     head_init: Literal["random", "pretrained"] = "random"
     """Start of the adapted layers (``adapt_heads``): "random" (a fresh layer, as in the reference) or
     "pretrained" (the backbone's RGB layers tiled over the channels, i.e. where the frozen heads are,
@@ -101,6 +116,8 @@ class CodecConfig:
             raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
         if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
             raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
+        if self.train_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"train_precision must be float32 or bfloat16, got {self.train_precision!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         for name in ("head_bits", "vector_bits"):
@@ -318,6 +335,71 @@ def load_backbone(config: CodecConfig) -> Tuple[nn.Module, BackboneInfo]:
     model = model.float().cpu()
     N, M = int(model.N), int(model.M)
     return model, BackboneInfo(arch, N, M, source, frozen_weights_sha256(model, arch))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded entropy decoding
+# ----------------------------------------------------------------------------------------------
+
+
+#: Largest magnitude of a decoded symbol (y x gain, rounded): far above what a latent can take (the
+#: gain is at most 256), far below where CompressAI's bypass coder overflows (2^30).
+MAX_SYMBOL = 1 << 24
+
+
+def rans_pad_bytes(num_symbols: int, string_bytes: int) -> int:
+    """Zero bytes appended to a string before CompressAI's rANS decoder reads it.
+
+    CompressAI's decoder (``RansDecoder::decode_with_indexes``, 64-bit state, 32-bit words, 4-bit
+    bypass chunks) has no end-of-buffer check: a short or damaged string makes it read past its input.
+    Its reads are bounded, though: 2 words to start, at most 1 per symbol, and at most 1 per bypass
+    chunk, and the bypass chunks of a damaged string are bounded by the symbols and the string's own
+    bits (docs/bitstream.md, "Bounded entropy decoding", has the derivation). This is that bound in
+    bytes, so the decoder never leaves the padded buffer, whatever the string holds.
+    """
+    return 392 * int(num_symbols) + 48 * int(string_bytes) + 256
+
+
+def bounded_decompress(entropy_model: nn.Module, strings: Sequence[bytes], indexes: Tensor,
+                       dtype: torch.dtype = torch.float, means: Optional[Tensor] = None) -> Tensor:
+    """``EntropyModel.decompress`` that cannot read past a string, and accepts only canonical strings.
+
+    Each string is decoded from a copy padded with :func:`rans_pad_bytes` zero bytes; the decoded
+    symbols are then encoded again and must give back exactly the string (a truncated, extended or
+    damaged string does not), else ``ValueError``. Same results as CompressAI's ``decompress`` for
+    every string its ``compress`` wrote (tested).
+    """
+    model = entropy_model
+    if len(strings) != indexes.size(0):
+        raise ValueError(f"{len(strings)} strings for {indexes.size(0)} index tensors")
+    cdf = model._quantized_cdf.tolist()
+    cdf_length = model._cdf_length.reshape(-1).int().tolist()
+    offset = model._offset.reshape(-1).int().tolist()
+    coder = model.entropy_coder
+    outputs = torch.empty(indexes.size(), dtype=torch.int32)
+    for i, string in enumerate(strings):
+        idx = indexes[i].reshape(-1).int().tolist()
+        values = coder.decode_with_indexes(bytes(string) + bytes(rans_pad_bytes(len(idx), len(string))), idx,
+                                           cdf, cdf_length, offset)
+        # a damaged string can decode to garbage symbols whose re-encoding never ends (the encoder's
+        # bypass loop does not terminate for a negative raw value): refuse them before re-encoding
+        if values and max(map(abs, values)) > MAX_SYMBOL:
+            raise ValueError(f"string #{i} ({len(string)} bytes) decodes to symbols beyond +-{MAX_SYMBOL} "
+                             "(damaged)")
+        if coder.encode_with_indexes(values, idx, cdf, cdf_length, offset) != bytes(string):
+            raise ValueError(f"string #{i} ({len(string)} bytes) is not the coding of its {len(idx)} symbols "
+                             "(truncated or damaged)")
+        outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].shape)
+    return model.dequantize(outputs, means, dtype)
+
+
+def bounded_bottleneck_decompress(bottleneck: nn.Module, strings: Sequence[bytes], size: Tuple[int, int]) -> Tensor:
+    """``EntropyBottleneck.decompress`` through :func:`bounded_decompress` (same indexes and medians)."""
+    output_size = (len(strings), bottleneck._quantized_cdf.size(0), *size)
+    indexes = bottleneck._build_indexes(output_size).to(bottleneck._quantized_cdf.device)
+    medians = bottleneck._extend_ndims(bottleneck._get_medians().detach(), len(size))
+    medians = medians.expand(len(strings), *([-1] * (len(size) + 1)))
+    return bounded_decompress(bottleneck, strings, indexes, medians.dtype, medians)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -710,13 +792,21 @@ class PlaneCodec(nn.Module):
         with reproducible_convolutions():
             return self._forward(planes, level)
 
+    def _transform(self, module: nn.Module, x: Tensor) -> Tensor:
+        """``module(x)``; in training with ``train_precision="bfloat16"`` under bfloat16 autocast on a
+        channels-last copy, cast back to float32."""
+        if not (self.training and self.config.train_precision == "bfloat16"):
+            return module(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return module(x.contiguous(memory_format=torch.channels_last)).float()
+
     def _forward(self, planes: Tensor, level: int) -> CodecOutput:
         R = self._check_level(planes, level)
         lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
-        y = self.g_a(self._normalize(planes, lo16, hi16))
-        z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
+        y = self._transform(self.g_a, self._normalize(planes, lo16, hi16))
+        z = self._transform(self.h_a, torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        params = self.h_s(z_hat)
+        params = self._transform(self.h_s, z_hat)
         g = self.gain
         if self.architecture == "bmshj2018-hyperprior":
             y_hat, y_likelihoods = self.gaussian_conditional(y * g, params * g)
@@ -730,7 +820,7 @@ class PlaneCodec(nn.Module):
             ctx = self.context_prediction(y_hat)
             scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
             _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
-        x_hat = self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+        x_hat = self._denormalize(self._transform(self.g_s, y_hat), R, lo16, hi16, level)
         likelihoods = {"y": y_likelihoods, "z": z_likelihoods}
         return CodecOutput(x_hat, likelihoods, estimate_bits(likelihoods))
 
@@ -788,7 +878,8 @@ class PlaneCodec(nn.Module):
             self.update(force=True)
         device = self.entropy_bottleneck.quantiles.device
         with reproducible_convolutions():
-            z_hat = self.entropy_bottleneck.decompress(compressed.z_strings, compressed.z_shape)
+            z_hat = bounded_bottleneck_decompress(self.entropy_bottleneck, compressed.z_strings,
+                                                  compressed.z_shape)
             y_hat = self._decompress_y(compressed.y_strings, self.h_s(z_hat))
             lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
             return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
@@ -813,17 +904,18 @@ class PlaneCodec(nn.Module):
     def _decompress_y(self, strings: List[bytes], params: Tensor) -> Tensor:
         gc, g = self.gaussian_conditional, self.gain
         if self.architecture == "bmshj2018-hyperprior":
-            return gc.decompress(strings, gc.build_indexes(params * g), params.dtype) / g
+            return bounded_decompress(gc, strings, gc.build_indexes(params * g), params.dtype) / g
         if self.architecture == "mbt2018-mean":
             scales, means = params.chunk(2, 1)
-            return gc.decompress(strings, gc.build_indexes(scales * g), means=means * g) / g
+            return bounded_decompress(gc, strings, gc.build_indexes(scales * g), means=means * g) / g
         from compressai.models import JointAutoregressiveHierarchicalPriors as AR
 
         k, pad = 5, 2
         H, W = params.shape[-2:]
         y_hat = params.new_zeros((len(strings), self.M, H + 2 * pad, W + 2 * pad))
         for i, s in enumerate(strings):
-            # fills y_hat[i] in place
+            # fills y_hat[i] in place; the string is padded so the decoder cannot read past it
+            s = bytes(s) + bytes(rans_pad_bytes(self.M * H * W, len(s)))
             AR._decompress_ar(self, s, y_hat[i : i + 1], params[i : i + 1], H, W, k, pad)
         return F.pad(y_hat, (-pad, -pad, -pad, -pad))
 
@@ -890,6 +982,22 @@ class PlaneCodec(nn.Module):
             elif not name.startswith(("head.", "vectors.")):
                 params[name].copy_(value.float())
         self.update(force=True)
+
+    @staticmethod
+    def check_transmitted_state(state: Dict[str, Tensor]) -> None:
+        """Raise ``ValueError`` unless the decoder-side tensors are safe to load: every float finite,
+        and the entropy bottleneck's quantile spans (the length of its CDF tables) at most
+        :data:`MAX_QUANTILE_SPAN`. The exporter and the decoder both check this."""
+        for name, value in state.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} holds non-finite values")
+        q = state.get("entropy_bottleneck.quantiles")
+        if q is not None:
+            q = q.float()
+            span = float((q[..., 2] - q[..., 0]).abs().max()) if q.numel() else 0.0
+            if span > MAX_QUANTILE_SPAN or (q.numel() and float(q.abs().max()) > MAX_QUANTILE_SPAN):
+                raise ValueError(f"entropy_bottleneck.quantiles span {span:.4g}, more than the "
+                                 f"{MAX_QUANTILE_SPAN} a CDF table may cover")
 
     def transmitted_sizes(self) -> Dict[str, int]:
         """Bytes of each content-specific decoder-side part (the y/z strings are counted by

@@ -54,13 +54,16 @@ def _arrays(bs: nb.Bitstream, name: str, max_size: Optional[int] = None) -> List
     payload = bs.section(name)
     if max_size is not None and bs.header.codec.packing == "lzma":
         payload = nb.unpack_smallest(payload, max_size, f"section '{name}'")
+    elif max_size is not None and len(payload) > max_size:
+        raise nb.BitstreamError(f"section '{name}': {len(payload)} bytes, more than the {max_size} it can hold")
     return [nb.decode_array(p) for p in nb.decode_strings(payload)]
 
 
 def load_backbone_for(backbone: nb.BackboneId, weights: Optional[Path] = None):
-    """The frozen backbone a file names: ``weights`` if given, else the embedded file, else the zoo
-    (when the file was made with zoo weights). Its SHA-256 must match the header's."""
-    from nerfcodec_ns.codec import EMBEDDED_BACKBONE, CodecConfig, load_backbone
+    """The frozen backbone a file names: ``weights`` if given, else the embedded backbones (the current
+    one, then the earlier ones the package keeps), else the zoo (when the file was made with zoo
+    weights). Its SHA-256 must match the header's."""
+    from nerfcodec_ns.codec import EMBEDDED_BACKBONE, CodecConfig, embedded_backbones, load_backbone
 
     candidates = []
     if weights is not None:
@@ -68,8 +71,9 @@ def load_backbone_for(backbone: nb.BackboneId, weights: Optional[Path] = None):
             raise DecodeError(f"backbone weights file not found: {weights}")
         candidates.append(CodecConfig(backbone=backbone.architecture, weights=str(weights)))
     else:
-        if EMBEDDED_BACKBONE.is_file():
-            candidates.append(CodecConfig(backbone=backbone.architecture, weights="embedded"))
+        for path in embedded_backbones():
+            name = "embedded" if path == EMBEDDED_BACKBONE else str(path)
+            candidates.append(CodecConfig(backbone=backbone.architecture, weights=name))
         quality = zoo_quality(backbone.source)
         if quality is not None:
             candidates.append(CodecConfig(backbone=backbone.architecture, weights="zoo", quality=quality))
@@ -113,13 +117,49 @@ def _load_codec_state(codec: "PlaneCodec", bs: nb.Bitstream) -> None:
                 raise nb.BitstreamError(f"section '{section}': {key} is {value.dtype} {value.shape}, "
                                         f"expected {ref.numpy().dtype} {tuple(ref.shape)}")
             arrays[key] = value
-    codec.load_transmitted_state({k: torch.from_numpy(v) for k, v in arrays.items()})
+    state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    try:
+        codec.check_transmitted_state(state)
+    except ValueError as err:
+        raise nb.BitstreamError(f"codec parameters: {err}") from None
+    try:
+        codec.load_transmitted_state(state)
+    except (RuntimeError, ValueError) as err:  # CompressAI's table building
+        raise nb.BitstreamError(f"codec parameters: cannot build the entropy tables ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else type(err).__name__)
+
+
+def _check_finite(name: str, value: Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise nb.BitstreamError(f"{name}: decoded values are not finite")
 
 
 @torch.no_grad()
 def decode_bitstream(bs: nb.Bitstream, weights: Optional[Path] = None) -> DecodedScene:
     """Decode every part of a scene file on the CPU (deterministic: integer entropy decoding,
-    fixed-order float ops)."""
+    fixed-order float ops).
+
+    The file is untrusted: its header is within the format's limits (``bitstream.limits()``, checked
+    when it was read), every section is checked against the size the header implies before it is
+    unpacked, the entropy decoder cannot read past a string, and the decoded planes, MLP, grid and
+    cameras must be finite. Every failure is a :class:`DecodeError` or a ``BitstreamError`` with one
+    line, whatever library raised it.
+    """
+    try:
+        return _decode_bitstream(bs, weights)
+    except (DecodeError, nb.BitstreamError):
+        raise
+    except MemoryError:
+        raise DecodeError("out of memory while decoding the scene file") from None
+    except Exception as err:  # a dependency's error: still the project's one-line error
+        raise DecodeError(f"cannot decode the scene file ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _decode_bitstream(bs: nb.Bitstream, weights: Optional[Path]) -> DecodedScene:
     from nerfcodec_ns.codec import CodecConfig, CompressedLevel, PlaneCodec
     from nerfcodec_ns.field import TriplaneField
 
@@ -127,6 +167,9 @@ def decode_bitstream(bs: nb.Bitstream, weights: Optional[Path] = None) -> Decode
     if h.model_id != nb.MODEL_ID:
         raise DecodeError(f"unsupported model {h.model_id!r}: this decoder reads {nb.MODEL_ID!r}")
     backbone = load_backbone_for(h.backbone, weights)
+    if (backbone[1].N, backbone[1].M) != (h.backbone.N, h.backbone.M):
+        raise DecodeError(f"the header's backbone N={h.backbone.N}, M={h.backbone.M} differs from the "
+                          f"weights' N={backbone[1].N}, M={backbone[1].M}")
     config = CodecConfig(
         backbone=h.backbone.architecture, weights="embedded", compensation=h.codec.compensation,
         head_bits=h.codec.head_bits, vector_bits=h.codec.vector_bits, latent_gain=h.codec.latent_gain,
@@ -147,17 +190,23 @@ def decode_bitstream(bs: nb.Bitstream, weights: Optional[Path] = None) -> Decode
             raise nb.BitstreamError(f"section 'norm.{level}': expected float16 (2, 3, {h.field.channels}), "
                                     f"got {norm.dtype} {norm.shape}")
         norm_t = torch.from_numpy(norm)
+        if not bool(torch.isfinite(norm_t).all()) or bool((norm_t[0].float() > norm_t[1].float()).any()):
+            raise nb.BitstreamError(f"section 'norm.{level}': normalisation ranges must be finite with min <= max")
         comp = CompressedLevel(y, z, shape.z_shape, shape.padded_shape, shape.resolution, norm_t[0], norm_t[1])
         try:
-            planes.append(codec.decompress(comp, level).contiguous())
+            plane = codec.decompress(comp, level).contiguous()
         except (RuntimeError, ValueError) as err:
-            raise nb.BitstreamError(f"level {level}: cannot decode the latents ({str(err).splitlines()[0]})") from None
+            raise nb.BitstreamError(f"level {level}: cannot decode the latents ({_first_line(err)})") from None
+        _check_finite(f"level {level} planes", plane)
+        planes.append(plane)
 
     spec = field_spec(h.field)
     ref = TriplaneField(torch.zeros(2, 3), spec).mlp_parameters()
     mlp = _arrays(bs, "mlp")
     if len(mlp) != len(ref) or any(a.dtype != np.float16 or tuple(a.shape) != tuple(p.shape) for a, p in zip(mlp, ref)):
         raise nb.BitstreamError("section 'mlp' does not match the field architecture in the header")
+    if not all(np.isfinite(a).all() for a in mlp):
+        raise nb.BitstreamError("section 'mlp': the MLP weights are not finite")
     g = h.render.grid_resolution
     grid = torch.from_numpy(nb.decode_bits(bs.section("grid"), (g, g, g)))
     poses = decode_poses(bs.section("cameras"))
@@ -269,7 +318,10 @@ def write_run(
     decode_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    model = build_model(scene)
+    try:
+        model = build_model(scene)
+    except Exception as err:  # the decoded scene must build, or the file is rejected
+        raise DecodeError(f"the decoded scene does not build a model ({type(err).__name__}: {_first_line(err)})") from None
     name = "scene"
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -283,7 +335,10 @@ def write_run(
 
             dataparser = BlenderDataParserConfig(data=Path(data).absolute(), alpha_color=scene.header.render.background)
         else:
-            render_views(model, scene, bits_dir / "views", view_size)
+            try:
+                render_views(model, scene, bits_dir / "views", view_size)
+            except Exception as err:
+                raise DecodeError(f"the decoded scene does not render ({type(err).__name__}: {_first_line(err)})") from None
             dataparser = NfcDataParserConfig(data=output_dir / name / "bitstream")
         config = nerfcodec_trainer_config()
         config.output_dir = output_dir

@@ -92,15 +92,25 @@ def camera_set(cameras: "Cameras", transform: torch.Tensor, scale: float) -> nb.
 
 def encode_poses(camera_to_worlds: torch.Tensor) -> bytes:
     """``[N, 3, 4]`` poses as float32, LZMA-compressed (the ``cameras`` section)."""
+    if len(camera_to_worlds) > nb.MAX_CAMERAS:
+        raise nb.BitstreamError(f"{len(camera_to_worlds)} cameras: a scene file holds at most {nb.MAX_CAMERAS}")
     return lzma.compress(nb.encode_array(camera_to_worlds.detach().cpu().float().numpy()), preset=9)
 
 
 def decode_poses(payload: bytes) -> np.ndarray:
     """Inverse of :func:`encode_poses`; checks the ``[N, 3, 4]`` shape."""
+    # the poses unpack to at most MAX_CAMERAS [3, 4] float32 matrices (plus the array framing)
+    max_size = 2 + 3 * 4 + nb.MAX_CAMERAS * 12 * 4
     try:
-        arr = nb.decode_array(lzma.decompress(payload, memlimit=1 << 28))
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=1 << 27)
+        raw = dec.decompress(bytes(payload), max_length=max_size + 1)
     except lzma.LZMAError as err:
         raise nb.BitstreamError(f"corrupt camera poses: {err}") from None
+    if len(raw) > max_size:
+        raise nb.BitstreamError(f"corrupt camera poses: more than {nb.MAX_CAMERAS} cameras")
+    if not dec.eof or dec.unused_data:
+        raise nb.BitstreamError("corrupt camera poses: incomplete or trailing xz data")
+    arr = nb.decode_array(raw)
     if arr.dtype != np.float32 or arr.ndim != 3 or arr.shape[1:] != (3, 4) or not np.isfinite(arr).all():
         raise nb.BitstreamError(f"corrupt camera poses: expected finite float32 [N, 3, 4], got {arr.dtype} {arr.shape}")
     return arr

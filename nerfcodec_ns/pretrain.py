@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DOWNSAMPLING = 64
 # Config fields that may differ between a checkpoint and the run that resumes it.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "num_workers", "half"}
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bfloat16")
 
 
 class PretrainError(ValueError):
@@ -109,6 +111,23 @@ class PretrainConfig:
     """DataLoader processes cutting the crops (0: main process; images are in memory anyway)."""
     half: bool = True
     """Store the backbone's parameters as float16 (about half the file size)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule of the network: "constant" (lr throughout) or "cosine" (lr until
+    ``decay_start`` x steps, then a half-cosine down to ``min_lr`` at the last step). The schedule is a
+    pure function of (step, steps), so a resumed run follows it exactly; a resume that raises --steps
+    stretches the remaining decay."""
+    decay_start: float = 0.5
+    """Fraction of the steps after which the cosine decay starts (``schedule="cosine"``)."""
+    min_lr: float = 1e-5
+    """Learning rate at the last step (``schedule="cosine"``)."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Arithmetic of the transforms' convolutions in training: "bfloat16" runs g_a/g_s/h_a/h_s under
+    CPU/CUDA autocast with channels-last tensors (2.1x faster per step on this machine's AMX CPU,
+    docs/codec.md); the entropy models, the loss and the weights stay float32. Evaluation and the
+    saved backbone are always float32."""
+    init: str = ""
+    """Start from the weights of this backbone file (same architecture, N, M) instead of random ones
+    (a new optimizer state and schedule: the way to chain pre-training phases)."""
 
     def validate(self) -> None:
         """Raise PretrainError naming the first bad field."""
@@ -120,7 +139,13 @@ class PretrainConfig:
                 raise PretrainError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop % DOWNSAMPLING:
             raise PretrainError(f"crop must be a multiple of {DOWNSAMPLING}, got {self.crop}")
-        for name in ("lmbda", "lr", "aux_lr"):
+        if self.schedule not in SCHEDULES:
+            raise PretrainError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise PretrainError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0.0 <= self.decay_start < 1.0:
+            raise PretrainError(f"decay_start must be in [0, 1), got {self.decay_start}")
+        for name in ("lmbda", "lr", "aux_lr", "min_lr"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise PretrainError(f"{name} must be a positive number, got {value}")
@@ -152,17 +177,42 @@ class PretrainResult:
 # images
 
 
-def list_images(folder: Path) -> List[Path]:
-    """The png/jpg/jpeg files directly in ``folder`` (not recursive), sorted by name."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise PretrainError(f"image folder {folder} does not exist")
-    if not folder.is_dir():
-        raise PretrainError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise PretrainError(f"no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in {folder}")
+def _folders(images: Union[Path, str, Sequence[Union[Path, str]]]) -> List[Path]:
+    """One folder or several, as a list of paths."""
+    return [Path(images)] if isinstance(images, (str, Path)) else [Path(f) for f in images]
+
+
+def list_images(images: Union[Path, str, Sequence[Union[Path, str]]]) -> List[Path]:
+    """The png/jpg/jpeg files in ``images`` (one folder or several) and all their sub-folders.
+
+    Hidden files and folders (names starting with ".") are skipped. Files are sorted by their path
+    relative to their folder, folders in the order given.
+    """
+    files: List[Path] = []
+    for folder in _folders(images):
+        if not folder.exists():
+            raise PretrainError(f"image folder {folder} does not exist")
+        if not folder.is_dir():
+            raise PretrainError(f"{folder} is not a folder")
+        found = sorted(
+            (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+            key=lambda p: p.relative_to(folder).as_posix())
+        if not found:
+            raise PretrainError(f"no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) in {folder} "
+                                f"or its sub-folders")
+        files += found
     return files
+
+
+def _image_names(images: Union[Path, str, Sequence[Union[Path, str]]], files: List[Path]) -> List[str]:
+    """Stable names of ``files``: ``<folder name>/<path relative to the folder>``."""
+    names = []
+    folders = _folders(images)
+    for p in files:
+        root = next(f for f in folders if p.is_relative_to(f))
+        names.append(f"{root.name}/{p.relative_to(root).as_posix()}")
+    return names
 
 
 def _read_rgb(path: Path, min_side: int = 0) -> torch.Tensor:
@@ -185,10 +235,10 @@ def _read_rgb(path: Path, min_side: int = 0) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_images(folder: Path, min_side: int = 0) -> Tuple[List[str], List[torch.Tensor]]:
-    """Read every image of ``folder`` once: (file names, uint8 tensors [3, H, W])."""
-    files = list_images(folder)
-    return [p.name for p in files], [_read_rgb(p, min_side) for p in files]
+def load_images(images: Union[Path, Sequence[Path]], min_side: int = 0) -> Tuple[List[str], List[torch.Tensor]]:
+    """Read every image of ``images`` (see :func:`list_images`) once: (names, uint8 tensors [3, H, W])."""
+    files = list_images(images)
+    return _image_names(images, files), [_read_rgb(p, min_side) for p in files]
 
 
 class CropBatches(torch.utils.data.Dataset):
@@ -270,6 +320,58 @@ def make_optimizers(model, cfg: PretrainConfig) -> Tuple[torch.optim.Optimizer, 
     return torch.optim.Adam(net, lr=cfg.lr), torch.optim.Adam(aux, lr=cfg.aux_lr)
 
 
+def learning_rate(cfg: PretrainConfig, step: int) -> float:
+    """Network learning rate for (0-based) training step ``step`` under ``cfg.schedule``."""
+    if cfg.schedule == "constant":
+        return float(cfg.lr)
+    start = int(cfg.decay_start * cfg.steps)
+    if step < start or cfg.steps - 1 <= start:
+        return float(cfg.lr)
+    t = min(1.0, (step - start) / (cfg.steps - 1 - start))
+    return float(cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t)))
+
+
+def _autocast(x: torch.Tensor, enabled: bool):
+    """bfloat16 autocast on x's device type (a no-op context when not ``enabled``)."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=torch.bfloat16)
+
+
+def forward(model, x: torch.Tensor, precision: str = "float32") -> Dict[str, Any]:
+    """The model's training forward, ``{"x_hat", "likelihoods"}`` as CompressAI's ``forward``.
+
+    With ``precision="bfloat16"`` (hyperprior architectures) the four transforms run under bfloat16
+    autocast on channels-last tensors, and their outputs are cast back to float32 before the entropy
+    models, so the rate and the quantisation are computed in float32. Other architectures, or
+    float32, use the model's own ``forward``.
+    """
+    from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+
+    mixed = precision == "bfloat16" and isinstance(model, ScaleHyperprior)
+    if not mixed:
+        return model(x)
+    mean_scale = isinstance(model, MeanScaleHyperprior)
+
+    def run(module, inp):
+        with _autocast(inp, True):
+            return module(inp.contiguous(memory_format=torch.channels_last)).float()
+
+    y = run(model.g_a, x)
+    z = run(model.h_a, y if mean_scale else torch.abs(y))
+    z_hat, z_likelihoods = model.entropy_bottleneck(z)
+    params = run(model.h_s, z_hat)
+    if mean_scale:
+        scales, means = params.chunk(2, 1)
+        y_hat, y_likelihoods = model.gaussian_conditional(y, scales, means=means)
+    else:
+        y_hat, y_likelihoods = model.gaussian_conditional(y, params)
+    x_hat = run(model.g_s, y_hat)
+    return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+
 def rate_distortion(out: Dict[str, Any], x: torch.Tensor, lmbda: float) -> Dict[str, torch.Tensor]:
     """CompressAI's RateDistortionLoss: {"loss", "bpp", "mse"} for a forward output and target."""
     n, _, h, w = x.shape
@@ -279,12 +381,19 @@ def rate_distortion(out: Dict[str, Any], x: torch.Tensor, lmbda: float) -> Dict[
     return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
 
 
-def train_step(model, net_opt, aux_opt, x: torch.Tensor, cfg: PretrainConfig) -> Dict[str, float]:
-    """One training step (net loss + aux loss); returns {"loss", "bpp", "mse", "psnr", "aux"}."""
+def train_step(model, net_opt, aux_opt, x: torch.Tensor, cfg: PretrainConfig,
+               step: Optional[int] = None) -> Dict[str, float]:
+    """One training step (net loss + aux loss); returns {"loss", "bpp", "mse", "psnr", "aux", "lr"}.
+
+    ``step`` (0-based) sets the network's learning rate from ``cfg``'s schedule; None keeps it.
+    """
     model.train()
+    if step is not None:
+        for group in net_opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
     net_opt.zero_grad(set_to_none=True)
     aux_opt.zero_grad(set_to_none=True)
-    terms = rate_distortion(model(x), x, cfg.lmbda)
+    terms = rate_distortion(forward(model, x, cfg.precision), x, cfg.lmbda)
     terms["loss"].backward()
     if cfg.clip_max_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for g in net_opt.param_groups for p in g["params"]],
@@ -295,7 +404,7 @@ def train_step(model, net_opt, aux_opt, x: torch.Tensor, cfg: PretrainConfig) ->
     aux_opt.step()
     mse = terms["mse"].item()
     return {"loss": terms["loss"].item(), "bpp": terms["bpp"].item(), "mse": mse,
-            "psnr": _psnr(mse), "aux": aux.item()}
+            "psnr": _psnr(mse), "aux": aux.item(), "lr": float(net_opt.param_groups[0]["lr"])}
 
 
 def _psnr(mse: float) -> float:
@@ -405,20 +514,40 @@ def _load_checkpoint(ckpt: Path, cfg: PretrainConfig, image_names: List[str]) ->
     return state
 
 
-def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *, resume: bool = False,
-             overwrite: bool = False, progress: bool = True, console=None) -> PretrainResult:
+def _init_state(cfg: PretrainConfig) -> Dict[str, torch.Tensor]:
+    """The float32 state dict of the backbone file ``cfg.init``, checked against cfg's architecture."""
+    from nerfcodec_ns.codec import read_backbone_file
+
+    try:
+        obj = read_backbone_file(cfg.init)
+    except (FileNotFoundError, ValueError) as err:
+        raise PretrainError(f"--init: {str(err).splitlines()[0]}") from err
+    want = (cfg.architecture, int(cfg.N), _effective_M(cfg.architecture, cfg.N, cfg.M))
+    got = (obj["architecture"], int(obj["N"]), int(obj["M"]))
+    if want != got:
+        raise PretrainError(f"--init {cfg.init} holds {got[0]} (N={got[1]}, M={got[2]}), but the run is "
+                            f"{want[0]} (N={want[1]}, M={want[2]})")
+    return obj["state_dict"]
+
+
+def pretrain(images: Union[Path, Sequence[Path]], output: Path, cfg: Optional[PretrainConfig] = None, *, resume: bool = False,
+             overwrite: bool = False, progress: bool = True, console=None,
+             log_path: Optional[Path] = None, log_every: int = 50, stop_at: Optional[int] = None,
+             max_seconds: Optional[float] = None) -> PretrainResult:
     """Train a backbone on the images of ``images`` and write it to ``output``.
 
     ``<output>.ckpt`` (model, both optimizers, step, RNG state, config) is written every
     ``cfg.checkpoint_every`` steps and at the end. If it exists: ``resume`` continues from it
     (same settings required, except steps/checkpoint_every/num_workers/half), ``overwrite``
     deletes it and starts again, neither is an error. An existing ``output`` is only replaced
-    with ``overwrite``. Raises PretrainError for user errors, before any training.
+    with ``overwrite``. ``stop_at`` (a step) and ``max_seconds`` (wall time of this call) end the run
+    early, with a checkpoint and a backbone file, on the schedule of ``cfg.steps``: resuming it later
+    continues exactly as an uninterrupted run (how a long pre-training spans several sessions). Raises PretrainError for user errors, before any training.
     torch's global RNG state is restored on return.
     """
     cfg = cfg or PretrainConfig()
     cfg.validate()
-    images, output = Path(images), Path(output)
+    output = Path(output)
     ckpt = checkpoint_path(output)
 
     # All checks that can fail on the user's input come before the (long) training.
@@ -434,6 +563,7 @@ def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *
         raise PretrainError(f"--resume given but there is no checkpoint {ckpt}")
     names, pixels = load_images(images, min_side=cfg.crop)
     state = _load_checkpoint(ckpt, cfg, names) if resume else None
+    init_state = _init_state(cfg) if (cfg.init and state is None) else None
     _check_writable_dir(output.parent)
     if not resume and ckpt.exists():
         ckpt.unlink()  # --overwrite: a stale checkpoint must not be resumed later by mistake
@@ -443,8 +573,12 @@ def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.architecture, cfg.N, cfg.M)
+        if cfg.precision == "bfloat16":
+            model = model.to(memory_format=torch.channels_last)
         net_opt, aux_opt = make_optimizers(model, cfg)
         step = 0
+        if init_state is not None:
+            model.load_state_dict(init_state)
         if state is not None:
             model.load_state_dict(state["model"])
             net_opt.load_state_dict(state["net_optimizer"])
@@ -463,19 +597,22 @@ def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *
             }, ckpt)
 
         batches = CropBatches(pixels, cfg.crop, cfg.batch_size, cfg.seed)
+        last = cfg.steps if stop_at is None else max(step, min(cfg.steps, int(stop_at)))
+        deadline = None if max_seconds is None else time.monotonic() + float(max_seconds)
         if cfg.num_workers > 0:
             loader = iter(torch.utils.data.DataLoader(
-                batches, sampler=range(step, cfg.steps), batch_size=None, num_workers=cfg.num_workers))
+                batches, sampler=range(step, last), batch_size=None, num_workers=cfg.num_workers))
         else:
-            loader = (batches[s] for s in range(step, cfg.steps))
+            loader = (batches[s] for s in range(step, last))
         bar = _progress(console) if progress else None
         task = None
+        log = open(log_path, "a") if log_path is not None else None
         if bar is not None:
             bar.start()
             task = bar.add_task("pretrain-codec", total=cfg.steps, completed=step, stats="")
         try:
             for x in loader:
-                stats = train_step(model, net_opt, aux_opt, x, cfg)
+                stats = train_step(model, net_opt, aux_opt, x, cfg, step)
                 if not math.isfinite(stats["loss"]):
                     last = f"; {ckpt} holds the last good state" if ckpt.exists() else ""
                     raise PretrainError(f"the loss became {stats['loss']} at step {step + 1}; "
@@ -483,23 +620,38 @@ def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *
                 step += 1
                 for k in ("loss", "bpp", "psnr"):
                     ema[k] = stats[k] if k not in ema else 0.95 * ema[k] + 0.05 * stats[k]
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if step % cfg.checkpoint_every == 0 or step in (cfg.steps, last) or out_of_time:
                     write_checkpoint()
                 if bar is not None:
                     bar.update(task, completed=step, stats=(
-                        f"loss {ema['loss']:.3f}  bpp {ema['bpp']:.3f}  PSNR {ema['psnr']:.2f} dB"))
+                        f"loss {ema['loss']:.3f}  bpp {ema['bpp']:.3f}  PSNR {ema['psnr']:.2f} dB  "
+                        f"lr {stats['lr']:.1e}"))
+                if log is not None and (step % log_every == 0 or step == cfg.steps):
+                    log.write(f"step {step} loss {ema['loss']:.4f} bpp {ema['bpp']:.4f} "
+                              f"psnr {ema['psnr']:.3f} lr {stats['lr']:.3e} t {time.time():.0f}\n")
+                    log.flush()
+                if out_of_time:
+                    break
         finally:
             if bar is not None:
                 bar.stop()
+            if log is not None:
+                log.close()
 
     meta = {
-        "images": str(images.resolve()),
+        "images": ", ".join(str(f.resolve()) for f in _folders(images)),
         "num_images": len(names),
         "steps": int(step),
         "lmbda": float(cfg.lmbda),
         "crop": int(cfg.crop),
         "batch_size": int(cfg.batch_size),
         "lr": float(cfg.lr),
+        "schedule": str(cfg.schedule),
+        "min_lr": float(cfg.min_lr),
+        "decay_start": float(cfg.decay_start),
+        "precision": str(cfg.precision),
+        "init": str(cfg.init),
         "seed": int(cfg.seed),
         "half": int(cfg.half),
         "final_loss": float(ema.get("loss", float("nan"))),
@@ -518,12 +670,49 @@ def pretrain(images: Path, output: Path, cfg: Optional[PretrainConfig] = None, *
 # evaluation
 
 
+def _code(model, xp: torch.Tensor, gain: float):
+    """(strings, decoded x_hat, likelihood bits) of one padded image with latent gain ``gain``.
+
+    gain 1 is the model's own ``compress``/``decompress``; another gain codes y as round(gain * y) /
+    gain with the Gaussian scales (and means) multiplied by the same gain, as the plane codec does
+    (``CodecConfig.latent_gain``): one trained model, several rates.
+    """
+    from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+
+    if gain == 1.0 or not isinstance(model, ScaleHyperprior):
+        if gain != 1.0:
+            raise PretrainError("a latent gain other than 1 needs a hyperprior architecture")
+        out = model(xp)
+        bits = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2))
+        enc = model.compress(xp)
+        dec = model.decompress(enc["strings"], enc["shape"])
+        return enc["strings"], dec["x_hat"], float(bits), out["x_hat"]
+    gc, eb = model.gaussian_conditional, model.entropy_bottleneck
+    mean_scale = isinstance(model, MeanScaleHyperprior)
+    y = model.g_a(xp)
+    z = model.h_a(y if mean_scale else torch.abs(y))
+    z_strings = eb.compress(z)
+    z_hat = eb.decompress(z_strings, z.shape[-2:])
+    params = model.h_s(z_hat)
+    scales, means = params.chunk(2, 1) if mean_scale else (params, None)
+    means_g = means * gain if means is not None else None
+    indexes = gc.build_indexes(scales * gain)
+    y_strings = gc.compress(y * gain, indexes, means=means_g)
+    y_hat = gc.decompress(y_strings, indexes, means=means_g) / gain
+    _, y_lk = gc(y * gain, scales * gain, means=means_g)
+    _, z_lk = eb(z)
+    bits = float((torch.log(y_lk).sum() + torch.log(z_lk).sum()) / (-math.log(2)))
+    x_hat = model.g_s(y_hat)
+    return [y_strings, z_strings], x_hat, bits, x_hat
+
+
 @torch.no_grad()
-def evaluate(model, images: Path, progress: bool = False, console=None) -> Dict[str, Any]:
+def evaluate(model, images: Path, progress: bool = False, console=None, gain: float = 1.0) -> Dict[str, Any]:
     """Code every image of ``images`` (full size) with the real entropy coder.
 
     Each image is zero-padded (centred, ``compressai.ops.compute_padding``) to a multiple of 64,
-    compressed, decompressed and cropped back. Returns ``{"rows": [...], "mean": {...}}``; a row
+    compressed, decompressed and cropped back. ``gain``: the latent quantization gain (see
+    :func:`_code`; 1 = the model as trained). Returns ``{"rows": [...], "mean": {...}}``; a row
     has name, width, height, bytes, bpp (real: 8 * bytes of all strings / original pixels),
     bpp_est (from the eval-mode likelihoods, same pixel count), psnr (dB, decoded vs original,
     both in [0, 1]), psnr_est (eval-mode forward) and encode_s/decode_s. The model needs its
@@ -544,21 +733,17 @@ def evaluate(model, images: Path, progress: bool = False, console=None) -> Dict[
             h, w = x.shape[-2:]
             pad, unpad = compute_padding(h, w, min_div=DOWNSAMPLING)
             xp = F.pad(x, pad, mode="constant", value=0)
-            out = model(xp)
-            est_bits = sum(torch.log(lk).sum() for lk in out["likelihoods"].values()) / (-math.log(2))
-            x_est = F.pad(out["x_hat"], unpad).clamp(0, 1)
             t0 = time.perf_counter()
-            enc = model.compress(xp)
+            strings, x_dec, est_bits, x_fwd = _code(model, xp, float(gain))
             t1 = time.perf_counter()
-            dec = model.decompress(enc["strings"], enc["shape"])
-            t2 = time.perf_counter()
-            x_hat = F.pad(dec["x_hat"], unpad).clamp(0, 1)
-            nbytes = sum(len(s) for strings in enc["strings"] for s in strings)
+            x_hat = F.pad(x_dec, unpad).clamp(0, 1)
+            x_est = F.pad(x_fwd, unpad).clamp(0, 1)
+            nbytes = sum(len(s) for group in strings for s in group)
             rows.append({
                 "name": path.name, "width": int(w), "height": int(h), "bytes": int(nbytes),
                 "bpp": 8.0 * nbytes / (h * w), "bpp_est": float(est_bits) / (h * w),
                 "psnr": _psnr(float(F.mse_loss(x_hat, x))), "psnr_est": _psnr(float(F.mse_loss(x_est, x))),
-                "encode_s": t1 - t0, "decode_s": t2 - t1,
+                "code_s": t1 - t0,
             })
             if bar is not None:
                 bar.update(task, advance=1, stats=f"{path.name}: {rows[-1]['psnr']:.2f} dB "
@@ -566,7 +751,8 @@ def evaluate(model, images: Path, progress: bool = False, console=None) -> Dict[
     finally:
         if bar is not None:
             bar.stop()
-    keys = ("bytes", "bpp", "bpp_est", "psnr", "psnr_est", "encode_s", "decode_s")
+    keys = ("bytes", "bpp", "bpp_est", "psnr", "psnr_est", "code_s")
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     mean["images"] = len(rows)
+    mean["gain"] = float(gain)
     return {"rows": rows, "mean": mean}

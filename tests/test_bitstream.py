@@ -97,39 +97,54 @@ def error_of(data: bytes) -> str:
     return message
 
 
-finite = st.floats(allow_nan=False, allow_infinity=False)
-positive = st.floats(min_value=0.0, exclude_min=True, allow_nan=False, allow_infinity=False)
-nonneg = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
-dims = st.integers(1, 2**31 - 1)
-small = st.integers(1, 4096)
+finite = st.floats(-nb.MAX_MAGNITUDE, nb.MAX_MAGNITUDE, allow_nan=False, allow_infinity=False)
+positive = st.floats(min_value=0.0, max_value=nb.MAX_MAGNITUDE, exclude_min=True, allow_nan=False,
+                     allow_infinity=False)
+focal = st.floats(nb.MIN_FOCAL, nb.MAX_MAGNITUDE)
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+nonneg = st.floats(min_value=0.0, max_value=nb.MAX_MAGNITUDE, allow_nan=False, allow_infinity=False)
+widths = st.integers(1, nb.MAX_MLP_WIDTH)
+small = st.integers(1, nb.MAX_RESOLUTION)
 section_names = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)
+
+
+def _level(r: int) -> "nb.LevelShape":
+    side = -(-r // 64) * 64
+    return nb.LevelShape(r, (side, side), (side // 64, side // 64))
 
 
 @st.composite
 def headers(draw) -> "nb.Header":
-    resolutions = draw(st.lists(small, min_size=1, max_size=4))
-    levels = tuple(
-        nb.LevelShape(r, (draw(st.integers(r, r + 200)), draw(st.integers(r, r + 200))),
-                      (draw(small), draw(small)))
-        for r in resolutions
-    )
+    """Any header within the format's limits."""
+    channels = draw(st.integers(1, nb.MAX_CHANNELS))
+    resolutions = draw(st.lists(small, min_size=1, max_size=nb.MAX_LEVELS).filter(
+        lambda rs: sum(3 * channels * r * r for r in rs) <= nb.MAX_PLANE_VALUES))
+    levels = tuple(_level(r) for r in resolutions)
+    largest = max(lv.latent_symbols(1) for lv in levels)
+    M = draw(st.integers(1, min(nb.MAX_BACKBONE_CHANNELS, nb.MAX_LATENT_SYMBOLS // largest)))
     box = [draw(st.tuples(finite, finite).filter(lambda t: t[0] < t[1])) for _ in range(3)]
+    diagonal = math.sqrt(sum((b[1] - b[0]) ** 2 for b in box))
+    step = draw(st.floats(diagonal / nb.MAX_SAMPLES_PER_RAY * 1.001 + 1e-300, nb.MAX_MAGNITUDE))
     return nb.Header(
         model_id=draw(st.text(min_size=1, max_size=30)),
-        backbone=nb.BackboneId(draw(st.sampled_from(nb.ARCHITECTURES)), draw(dims), draw(dims),
-                               draw(st.text("0123456789abcdef", min_size=64, max_size=64)),
+        backbone=nb.BackboneId(draw(st.sampled_from(nb.ARCHITECTURES)), draw(st.integers(1, nb.MAX_BACKBONE_CHANNELS)),
+                               M, draw(st.text("0123456789abcdef", min_size=64, max_size=64)),
                                draw(st.text(max_size=40))),
-        field=nb.FieldArch(tuple(resolutions), draw(dims), draw(st.sampled_from(["product", "sum"])),
-                           draw(dims), draw(dims), draw(dims), draw(st.integers(1, 4))),
+        field=nb.FieldArch(tuple(resolutions), channels, draw(st.sampled_from(["product", "sum"])),
+                           draw(widths), draw(widths), draw(widths), draw(st.integers(1, 4))),
         levels=levels,
         codec=nb.CodecSettings(draw(st.integers(2, 8)), draw(st.integers(2, 8)), draw(st.booleans()),
-                               draw(st.booleans())),
-        render=nb.RenderSettings(tuple(b[0] for b in box) + tuple(b[1] for b in box), draw(positive),
-                                 draw(dims), draw(nonneg), draw(nonneg), draw(nonneg),
-                                 draw(st.sampled_from(["white", "black"]))),
-        cameras=nb.CameraSet(draw(st.text(min_size=1, max_size=20)), draw(dims), draw(dims), draw(positive),
-                             draw(positive), draw(finite), draw(finite),
-                             tuple(tuple(draw(finite) for _ in range(4)) for _ in range(3)), draw(positive)),
+                               draw(st.booleans()),
+                               draw(st.floats(nb.MIN_LATENT_GAIN, nb.MAX_LATENT_GAIN))),
+        render=nb.RenderSettings(tuple(b[0] for b in box) + tuple(b[1] for b in box), step,
+                                 draw(st.integers(1, nb.MAX_GRID_RESOLUTION)), draw(unit), draw(unit),
+                                 draw(nonneg), draw(st.sampled_from(["white", "black"]))),
+        cameras=nb.CameraSet(draw(st.sampled_from(nb.CAMERA_MODELS)),
+                             draw(st.integers(nb.MIN_IMAGE_SIDE, nb.MAX_IMAGE_SIDE)),
+                             draw(st.integers(nb.MIN_IMAGE_SIDE, nb.MAX_IMAGE_SIDE)), draw(focal),
+                             draw(focal), draw(finite), draw(finite),
+                             tuple(tuple(draw(finite) for _ in range(4)) for _ in range(3)),
+                             draw(st.floats(1 / nb.MAX_MAGNITUDE, nb.MAX_MAGNITUDE))),
         extra=tuple(draw(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=50)), max_size=4,
                                   unique_by=lambda kv: kv[0]))),
     )
@@ -206,6 +221,23 @@ def test_header_types_are_normalised_and_exact():
     (lambda: make_header(field=nb.FieldArch((16, 32), 8, "max", 64, 15, 64, 4)), "FieldArch.reduce"),
     (lambda: make_header(levels=(nb.LevelShape(16, (64, 64), (1, 1)),)), "Header.levels"),
     (lambda: nb.LevelShape(16, (8, 64), (1, 1)), "LevelShape.padded_shape[0]"),
+    (lambda: nb.LevelShape(16, (128, 128), (2, 2)), "LevelShape.padded_shape: expected (64, 64)"),
+    (lambda: nb.LevelShape(100, (128, 128), (1, 2)), "LevelShape.z_shape: expected (2, 2)"),
+    (lambda: nb.LevelShape(nb.MAX_RESOLUTION + 1, (1088, 1088), (17, 17)), "LevelShape.resolution"),
+    (lambda: make_header(field=nb.FieldArch((16, 32), 2**31 - 1, "product", 64, 15, 64, 4)), "FieldArch.channels"),
+    (lambda: make_header(field=nb.FieldArch((16,) * (nb.MAX_LEVELS + 1), 8, "product", 64, 15, 64, 4)),
+     "FieldArch.resolutions"),
+    (lambda: make_header(field=nb.FieldArch((1024, 1024), 128, "product", 64, 15, 64, 4),
+                         levels=(_level(1024), _level(1024))), "plane values"),
+    (lambda: make_header(codec=nb.CodecSettings(8, 8, True, True, 5e-324)), "CodecSettings.latent_gain"),
+    (lambda: nb.RenderSettings((0, 0, 0, 1, 1, 1), 0.1, 1024, 0, 0, 0, "white"), "grid_resolution"),
+    (lambda: nb.RenderSettings((0, 0, 0, 1, 1, 1), 1e-9, 64, 0, 0, 0, "white"), "render_step_size"),
+    (lambda: nb.CameraSet("NOT_A_MODEL", 64, 64, 50.0, 50.0, 32.0, 32.0, ((1, 0, 0, 0),) * 3, 1.0),
+     "CameraSet.camera_model"),
+    (lambda: nb.CameraSet("PERSPECTIVE", 1, 64, 50.0, 50.0, 32.0, 32.0, ((1, 0, 0, 0),) * 3, 1.0),
+     "CameraSet.width"),
+    (lambda: nb.CameraSet("PERSPECTIVE", 64, 64, 1e300, 50.0, 32.0, 32.0, ((1, 0, 0, 0),) * 3, 1.0),
+     "CameraSet.fx"),
     (lambda: nb.BackboneId("bmshj2018-hyperprior", 1, 1, "AB" * 32, ""), "BackboneId.sha256"),
     (lambda: nb.BackboneId("vit", 1, 1, "ab" * 32, ""), "BackboneId.architecture"),
     (lambda: nb.RenderSettings((0, 0, 0, 1, 1, 0), 0.1, 8, 0, 0, 0, "white"), "RenderSettings.aabb"),

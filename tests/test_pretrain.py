@@ -257,3 +257,68 @@ def test_cli_end_to_end(images, tmp_path):
     data = json.loads(js.read_text())
     assert data["architecture"] == "bmshj2018-hyperprior" and len(data["rows"]) == 5
     assert data["mean"]["bpp"] > 0 and "PSNR" in res.stdout
+
+
+def test_loader_reads_nested_and_several_folders(tmp_path):
+    from nerfcodec_ns.pretrain import PretrainError, list_images, load_images
+
+    root = tmp_path / "photos"
+    _write_images(root / "set_a" / "deep", count=2, seed=1)
+    _write_images(root / "set_b", count=1, seed=2)
+    _write_images(root / ".cache", count=1, seed=3)  # hidden folders are skipped
+    other = _write_images(tmp_path / "more", count=1, seed=4)
+    files = list_images([root, other])
+    names, pixels = load_images([root, other])
+    assert len(files) == len(names) == len(pixels) == 3 + 2 + 2  # each _write_images adds one small image
+    assert names[0].startswith("photos/set_a/deep/") and names[-1].startswith("more/")
+    assert not any(".cache" in n for n in names)
+    assert list_images(root) == files[:5]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(PretrainError, match="no images"):
+        list_images(tmp_path / "empty")
+
+
+def test_learning_rate_schedule():
+    from nerfcodec_ns.pretrain import PretrainConfig, learning_rate
+
+    cfg = PretrainConfig(steps=101, lr=1e-3, min_lr=1e-5, schedule="cosine", decay_start=0.5)
+    assert learning_rate(cfg, 0) == learning_rate(cfg, 49) == 1e-3
+    assert learning_rate(cfg, 100) == pytest.approx(1e-5)
+    mid = learning_rate(cfg, 75)
+    assert mid == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5), rel=1e-6)
+    lrs = [learning_rate(cfg, s) for s in range(101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert learning_rate(PretrainConfig(steps=10, lr=2e-4), 9) == 2e-4  # constant
+
+
+def test_resume_equals_straight_with_cosine_schedule_and_bfloat16(images, tmp_path):
+    from nerfcodec_ns.pretrain import PretrainConfig, pretrain
+
+    cfg = {**TINY, "schedule": "cosine", "decay_start": 0.25, "precision": "bfloat16", "lr": 1e-3}
+    straight = pretrain(images, tmp_path / "a" / "b.pt", PretrainConfig(**cfg), progress=False)
+    out = tmp_path / "r" / "b.pt"
+    first = pretrain(images, out, PretrainConfig(**cfg), progress=False, stop_at=3)  # mid-schedule stop
+    assert first.step == 3 and out.exists()
+    resumed = pretrain(images, out, PretrainConfig(**cfg), resume=True, overwrite=True, progress=False)
+    assert resumed.resumed_from == 3 and resumed.step == 8
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert straight.meta["precision"] == "bfloat16" and straight.meta["schedule"] == "cosine"
+
+
+def test_init_starts_from_a_backbone_file(straight, images, tmp_path):
+    from nerfcodec_ns.pretrain import PretrainConfig, PretrainError, pretrain
+
+    # a learning rate of ~0 keeps the network where --init put it
+    cfg = PretrainConfig(**{**TINY, "steps": 1, "lr": 1e-30, "min_lr": 1e-30, "init": str(straight.output)})
+    result = pretrain(images, tmp_path / "init.pt", cfg, progress=False)
+    start = torch.load(straight.output, weights_only=True)["state_dict"]
+    got = result.model.state_dict()
+    for k, v in start.items():
+        if k.endswith(("quantiles",)) or not v.is_floating_point() or k not in got:
+            continue  # the aux optimizer still moves the quantiles
+        torch.testing.assert_close(got[k].float(), v.float(), rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(PretrainError, match="--init"):
+        pretrain(images, tmp_path / "bad.pt", PretrainConfig(**{**TINY, "N": 16, "init": str(straight.output)}),
+                 progress=False)
