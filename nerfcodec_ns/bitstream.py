@@ -129,10 +129,11 @@ MAX_LATENT_SYMBOLS = 1 << 20
 MAX_BACKBONE_CHANNELS = 1024
 #: Width of any MLP layer, and the geometry feature size.
 MAX_MLP_WIDTH = 1024
-#: Occupancy-grid resolution (a 512^3 grid is 16 MiB of bits).
-MAX_GRID_RESOLUTION = 512
-#: Training cameras (poses) in the ``cameras`` section.
-MAX_CAMERAS = 1 << 16
+#: Occupancy-grid resolution (the renderer's occupancy estimator holds about 30 bytes a cell: 256^3 is
+#: 0.5 GB; a 512^3 grid needed 3.2 GB).
+MAX_GRID_RESOLUTION = 256
+#: Training cameras (poses) in the ``cameras`` section (``nerfcodec decode`` renders a view of each).
+MAX_CAMERAS = 1 << 13
 #: Image width and height of the cameras, in pixels.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 16384
 #: Samples along the scene box's diagonal (diagonal / render_step_size): bounds rendering time.

@@ -81,6 +81,7 @@ def _section_from_arrays(arrays, packed: bool) -> bytes:
     (("cameras", "camera_model"), "NOT_A_MODEL", "CameraSet.camera_model"),  # KeyError in nerfstudio
     (("cameras", "width"), 1, "CameraSet.width"),  # a 1-px camera
     (("render", "grid_resolution"), 1024, "RenderSettings.grid_resolution"),  # 128 MiB grid
+    (("render", "grid_resolution"), 512, "RenderSettings.grid_resolution"),  # 3.2 GB occupancy estimator
     (("render", "render_step_size"), 1e-12, "RenderSettings.render_step_size"),  # endless ray marching
     (("backbone", "M"), 10**9, "BackboneId.M"),
 ])
@@ -132,7 +133,7 @@ def test_packed_section_bomb_is_refused(source, tmp_path, tiny_backbone):
 
 def test_grid_bomb_is_refused(source, tmp_path, tiny_backbone):
     header = _header(source)
-    header["render"]["grid_resolution"] = 512  # within the limit: 16 MiB of bits, and no more
+    header["render"]["grid_resolution"] = nb.MAX_GRID_RESOLUTION  # within the limit, and no more bits
     data = _rewrite(source, header, sections={"grid": fuzz.lzma2_bomb(128 << 20, 0xFF)})
     result = fuzz.run_case(_write(tmp_path, data), timeout_s=60, memory_limit_bytes=1 << 30, weights=tiny_backbone)
     assert result.outcome == "rejected" and "bit mask" in result.message, result
