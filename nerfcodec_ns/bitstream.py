@@ -129,9 +129,9 @@ MAX_LATENT_SYMBOLS = 1 << 20
 MAX_BACKBONE_CHANNELS = 1024
 #: Width of any MLP layer, and the geometry feature size.
 MAX_MLP_WIDTH = 1024
-#: Occupancy-grid resolution (the renderer's occupancy estimator holds about 30 bytes a cell: 256^3 is
-#: 0.5 GB; a 512^3 grid needed 3.2 GB).
-MAX_GRID_RESOLUTION = 256
+#: Occupancy-grid resolution (the renderer's occupancy estimator holds about 40 bytes a cell and twice
+#: that while it is built: 160^3 is 0.3 GB, 256^3 needed over 1 GB, 512^3 3.2 GB).
+MAX_GRID_RESOLUTION = 160
 #: Training cameras (poses) in the ``cameras`` section (``nerfcodec decode`` renders a view of each).
 MAX_CAMERAS = 1 << 13
 #: Image width and height of the cameras, in pixels.
@@ -146,9 +146,9 @@ MAX_MAGNITUDE = 1e6
 MIN_LATENT_GAIN, MAX_LATENT_GAIN = 2.0**-8, 2.0**8
 #: Spatial downsampling of y (the analysis transform) and of the padding (with the hyper-analysis).
 LATENT_STRIDE, PAD_MULTIPLE = 16, 64
-#: nerfstudio camera types a file may name (``nerfstudio.cameras.cameras.CameraType`` members).
-CAMERA_MODELS = ("PERSPECTIVE", "FISHEYE", "EQUIRECTANGULAR", "OMNIDIRECTIONALSTEREO_L",
-                 "OMNIDIRECTIONALSTEREO_R", "VR180_L", "VR180_R", "ORTHOPHOTO", "FISHEYE624")
+#: nerfstudio camera types a file may name (``nerfstudio.cameras.cameras.CameraType`` members) that
+#: render from fx, fy, cx, cy alone (the file stores no distortion; FISHEYE624 needs 16 more numbers).
+CAMERA_MODELS = ("PERSPECTIVE", "FISHEYE", "EQUIRECTANGULAR", "ORTHOPHOTO")
 MAX_SECTIONS = 0xFFFF
 MAX_SECTION_NAME = 64
 _MAX_U32 = 0xFFFFFFFF

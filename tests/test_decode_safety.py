@@ -82,6 +82,8 @@ def _section_from_arrays(arrays, packed: bool) -> bytes:
     (("cameras", "width"), 1, "CameraSet.width"),  # a 1-px camera
     (("render", "grid_resolution"), 1024, "RenderSettings.grid_resolution"),  # 128 MiB grid
     (("render", "grid_resolution"), 512, "RenderSettings.grid_resolution"),  # 3.2 GB occupancy estimator
+    (("render", "grid_resolution"), 256, "RenderSettings.grid_resolution"),  # over 1 GB
+    (("cameras", "camera_model"), "FISHEYE624", "CameraSet.camera_model"),  # needs distortion parameters
     (("render", "render_step_size"), 1e-12, "RenderSettings.render_step_size"),  # endless ray marching
     (("backbone", "M"), 10**9, "BackboneId.M"),
 ])
@@ -108,6 +110,15 @@ def test_thousands_of_levels_are_rejected_at_once(source, tmp_path, tiny_backbon
     t = time.perf_counter()
     _rejected(tmp_path, _rewrite(source, header), tiny_backbone, "FieldArch.resolutions")
     assert time.perf_counter() - t < 5.0
+
+
+@pytest.mark.parametrize("model", nb.CAMERA_MODELS)
+def test_every_allowed_camera_model_decodes_and_renders(source, tmp_path, tiny_backbone, model):
+    header = _header(source)
+    header["cameras"]["camera_model"] = model
+    result = fuzz.run_case(_write(tmp_path, _rewrite(source, header)), timeout_s=120, memory_limit_bytes=1 << 30,
+                           weights=tiny_backbone)
+    assert result.outcome == "decoded", result
 
 
 # -- sections: sizes known before unpacking; no decompression bombs -----------------------------------
