@@ -72,13 +72,10 @@ class Demo:
     """Delete an existing --output-dir first (otherwise the demo refuses to mix old and new results)."""
 
     def main(self) -> None:
-        from nerfcodec_ns.demo import DemoError, run_demo
+        from nerfcodec_ns.demo import run_demo
 
-        try:
-            run_demo(self.output_dir, steps=self.steps, resolution=self.resolution, seed=self.seed,
-                     overwrite=self.overwrite)
-        except DemoError as err:
-            raise UserError(str(err)) from err
+        run_demo(self.output_dir, steps=self.steps, resolution=self.resolution, seed=self.seed,
+                 overwrite=self.overwrite)
 
 
 @dataclass
@@ -333,11 +330,14 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"nerfcodec: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
+        # each layer's own error type (the demo, the scene-file format, export, decode): one line
+        from nerfcodec_ns.demo import DemoError
         from nerfcodec_ns.scenefile.decode import DecodeError
         from nerfcodec_ns.scenefile.export import ExportError
         from nerfcodec_ns.scenefile.header import BitstreamError
 
-        if not isinstance(err, (BitstreamError, DecodeError, ExportError, FileNotFoundError, IsADirectoryError)):
+        one_line = (DemoError, BitstreamError, DecodeError, ExportError, FileNotFoundError, IsADirectoryError)
+        if not isinstance(err, one_line):
             raise
         print(f"nerfcodec: error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from nerfcodec_ns.scenefile.header import MAX_CAMERAS, BitstreamError, Header
-from nerfcodec_ns.scenefile.payload import decode_array, encode_array
+from nerfcodec_ns.scenefile.payload import decode_array, decompress_at_most, encode_array
 
 if TYPE_CHECKING:  # type checkers only: importing torch here would break the torch-free format modules
     import torch
@@ -32,15 +32,9 @@ def decode_poses(payload: bytes) -> np.ndarray:
     """Inverse of :func:`encode_poses`; checks the ``[N, 3, 4]`` shape."""
     # the poses unpack to at most MAX_CAMERAS [3, 4] float32 matrices (plus the array framing)
     max_size = 2 + 3 * 4 + MAX_CAMERAS * 12 * 4
-    try:
-        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=1 << 27)
-        raw = dec.decompress(bytes(payload), max_length=max_size + 1)
-    except lzma.LZMAError as err:
-        raise BitstreamError(f"corrupt camera poses: {err}") from None
-    if len(raw) > max_size:
-        raise BitstreamError(f"corrupt camera poses: more than {MAX_CAMERAS} cameras")
-    if not dec.eof or dec.unused_data:
-        raise BitstreamError("corrupt camera poses: incomplete or trailing xz data")
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=1 << 27)
+    raw = decompress_at_most(dec, payload, max_size, "camera poses",
+                             too_long=f"more than {MAX_CAMERAS} cameras", stream="xz")
     arr = decode_array(raw)
     if arr.dtype != np.float32 or arr.ndim != 3 or arr.shape[1:] != (3, 4) or not np.isfinite(arr).all():
         raise BitstreamError(f"corrupt camera poses: expected finite float32 [N, 3, 4], got {arr.dtype} {arr.shape}")

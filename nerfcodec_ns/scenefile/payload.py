@@ -166,19 +166,27 @@ def pack_lzma(data: bytes) -> bytes:
     return lzma.compress(bytes(data), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
-def unpack_lzma(payload: Union[bytes, bytearray, memoryview], max_size: int, what: str = "payload") -> bytes:
-    """Inverse of :func:`pack_lzma`. Never produces more than ``max_size`` bytes: a longer or broken
-    stream is a :class:`BitstreamError` naming ``what``."""
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+def decompress_at_most(dec: lzma.LZMADecompressor, payload: Union[bytes, bytearray, memoryview],
+                       max_size: int, what: str, too_long: str = "", stream: str = "LZMA") -> bytes:
+    """All of ``payload`` through a fresh decompressor ``dec``, producing at most ``max_size`` bytes:
+    a longer, broken, incomplete or trailing stream is a :class:`BitstreamError` naming ``what``
+    (``too_long``: what to say of a longer one; ``stream``: the stream's name in messages)."""
     try:
         raw = dec.decompress(bytes(payload), max_length=max_size + 1)
     except lzma.LZMAError as err:
         raise BitstreamError(f"corrupt {what}: {err}") from None
     if len(raw) > max_size:
-        raise BitstreamError(f"corrupt {what}: unpacks to more than {max_size} bytes")
+        raise BitstreamError(f"corrupt {what}: {too_long or f'unpacks to more than {max_size} bytes'}")
     if not dec.eof or dec.unused_data:
-        raise BitstreamError(f"corrupt {what}: incomplete or trailing LZMA data")
+        raise BitstreamError(f"corrupt {what}: incomplete or trailing {stream} data")
     return raw
+
+
+def unpack_lzma(payload: Union[bytes, bytearray, memoryview], max_size: int, what: str = "payload") -> bytes:
+    """Inverse of :func:`pack_lzma`. Never produces more than ``max_size`` bytes: a longer or broken
+    stream is a :class:`BitstreamError` naming ``what``."""
+    return decompress_at_most(lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS), payload,
+                              max_size, what)
 
 
 def pack_smallest(data: bytes) -> bytes:
