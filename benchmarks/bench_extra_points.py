@@ -13,9 +13,9 @@ from typing import Tuple
 
 import tyro
 
-from nerfcodec_ns import bitstream as nb
-from nerfcodec_ns.baselines import ImageCoder
-from nerfcodec_ns.bench import bd_table, eval_indices, load_base, reference_pipeline, run_baselines
+from nerfcodec_ns.atomic import write_atomic
+from nerfcodec_ns.bench.baselines import ImageCoder
+from nerfcodec_ns.bench.bench import bd_table, eval_indices, load_base, reference_pipeline, run_baselines
 
 
 @dataclass
@@ -41,7 +41,7 @@ def main(args: Args) -> None:
     result["points"] += run_baselines(coders, pipeline, indices, folder)
     result["bd"] = bd_table(result["points"])
     result.setdefault("added_later", []).extend(c.name for c in coders)
-    nb.write_atomic(args.results, (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
+    write_atomic(args.results, (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Optional
 
 import tyro
 
-from nerfcodec_ns.bench import bd_table, markdown_report, plot
+from nerfcodec_ns.bench.bench import bd_table, markdown_report, plot
 
 
 @dataclass

@@ -73,10 +73,11 @@ def logged_size(config_path: Path) -> Optional[dict]:
 def main(args: Args) -> None:
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from nerfcodec_ns import bitstream as nb
-    from nerfcodec_ns.decode import build_model, decode_file
-    from nerfcodec_ns.export import export_run
     from nerfcodec_ns.metrics import psnr
+    from nerfcodec_ns.scenefile.container import section_sizes, unpack
+    from nerfcodec_ns.scenefile.decode import build_model, decode_file
+    from nerfcodec_ns.scenefile.export import export_run
+    from nerfcodec_ns.scenefile.payload import decode_strings
 
     work = Path(tempfile.mkdtemp()) if args.work_dir is None else args.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -86,13 +87,13 @@ def main(args: Args) -> None:
 
     exported = export_run(args.load_config, nfc, overwrite=True)
     data = nfc.read_bytes()
-    sections = nb.section_sizes(data)
+    sections = section_sizes(data)
     info = subprocess.run([str(Path(sys.executable).parent / "nerfcodec"), "info", str(nfc), "--json"],
                           capture_output=True, text=True, check=True)
     info_total = json.loads(info.stdout)["total_bytes"]
-    bs = nb.unpack(data)
+    bs = unpack(data)
     actual_latents = sum(v for k, v in sections.items() if k.startswith(("y.", "z.")))
-    strings = sum(len(s) for k in sections if k.startswith(("y.", "z.")) for s in nb.decode_strings(bs.section(k)))
+    strings = sum(len(s) for k in sections if k.startswith(("y.", "z.")) for s in decode_strings(bs.section(k)))
     est = exported.estimated
     est_total = sum(est.values())
     result["size"] = {

@@ -12,7 +12,7 @@ import torch
 import codec_rd as R
 from trainer_step import train_step
 
-from nerfcodec_ns.bench import load_base
+from nerfcodec_ns.bench.bench import load_base
 from nerfcodec_ns.metrics import psnr
 
 base_cfg, state, _ = load_base(R._base_config(Path("outputs/quality_cpu")))

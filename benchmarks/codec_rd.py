@@ -31,8 +31,9 @@ from typing import Dict, List, Optional, Tuple
 
 import tyro
 
-from nerfcodec_ns import bench  # noqa: E402
-from nerfcodec_ns.bench import eval_indices, load_base, load_field, restore_training, training_snapshot  # noqa: E402
+from nerfcodec_ns.atomic import write_atomic  # noqa: E402
+from nerfcodec_ns.bench import bench  # noqa: E402
+from nerfcodec_ns.bench.bench import eval_indices, load_base, load_field, restore_training, training_snapshot  # noqa: E402
 
 
 @dataclass
@@ -106,8 +107,8 @@ def measure_size(model) -> Dict[str, float]:
 
 def setup_codec_trainer(args: Args, base_cfg, base_state, codec_overrides: Dict, lmbda: float):
     """A Trainer for the codec stages (warm-up from step 0, then joint) on the loaded base field."""
-    from nerfcodec_ns.bench import BenchConfig, codec_trainer
-    from nerfcodec_ns.codec import CodecConfig
+    from nerfcodec_ns.bench.bench import BenchConfig, codec_trainer
+    from nerfcodec_ns.codec.settings import CodecConfig
 
     bench = BenchConfig(data=Path("."), warmup_steps=args.warmup_steps, codec_lr=args.codec_lr, heads_lr=args.heads_lr,
                         planes_lr=args.planes_lr, fields_lr=args.fields_lr)
@@ -215,9 +216,7 @@ def main(args: Args) -> Dict:
             res["ratio_vs_planes"] = round(planes_bytes / res["total_bytes"], 1)
             res["psnr_drop_db"] = round(psnr_base - res["val_psnr_decoded"], 3)
             result["runs"].append(res)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, args.out)
+            write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode(), overwrite=True)
     return result
 
 

@@ -45,7 +45,8 @@ def time_codec_step(resolutions, channels: int, weights: str, warmup: int, steps
                     precision: str = "float32") -> Dict:
     import torch
 
-    from nerfcodec_ns.codec import CodecConfig, PlaneCodec
+    from nerfcodec_ns.codec.plane import PlaneCodec
+    from nerfcodec_ns.codec.settings import CodecConfig
 
     torch.manual_seed(0)
     codec = PlaneCodec(CodecConfig(weights=weights, train_precision=precision), channels, resolutions)

@@ -30,7 +30,10 @@ if src:
 import torch
 torch.set_num_threads(1)
 import nerfcodec_ns
-from nerfcodec_ns.decode import decode_file
+try:  # the package layout since issue 14, then the flat one before it
+    from nerfcodec_ns.scenefile.decode import decode_file
+except ImportError:
+    from nerfcodec_ns.decode import decode_file
 assert (not src) or nerfcodec_ns.__file__.startswith(src), nerfcodec_ns.__file__
 scene = decode_file(path)  # warm-up
 times = []

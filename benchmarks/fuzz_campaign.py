@@ -1,6 +1,6 @@
 """Fuzz campaign against the scene-file decoder ("opening a scene file from anyone is safe").
 
-Derives ``--count`` container-valid damaged files from ``--source`` (see :mod:`nerfcodec_ns.fuzz`),
+Derives ``--count`` container-valid damaged files from ``--source`` (see :mod:`nerfcodec_ns.scenefile.fuzz`),
 decodes each in a forked child under an address-space limit and a timeout, and writes the JSON
 report (totals per outcome and family, every case that was not cleanly rejected or decoded).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from nerfcodec_ns.fuzz import FAMILIES, GOOD_OUTCOMES, OUTCOMES, campaign
+from nerfcodec_ns.scenefile.fuzz import FAMILIES, GOOD_OUTCOMES, OUTCOMES, campaign
 
 
 def outcome_table(report: dict) -> Table:

@@ -20,7 +20,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import tyro
 
-from nerfcodec_ns.codec import CodecConfig, PlaneCodec, load_backbone
+from nerfcodec_ns.codec.backbone import load_backbone
+from nerfcodec_ns.codec.plane import PlaneCodec
+from nerfcodec_ns.codec.settings import CodecConfig
 
 
 @dataclasses.dataclass

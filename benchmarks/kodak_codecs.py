@@ -1,6 +1,6 @@
 """The embedded backbone on Kodak against JPEG and WebP, measured in the same run on the same images.
 
-    python benchmarks/kodak_codecs.py --weights nerfcodec_ns/weights/backbone.pt \\
+    python benchmarks/kodak_codecs.py --weights nerfcodec_ns/codec/weights/backbone.pt \\
         --images ../shared/data/images/kodak --gains 0.5 0.7 1 1.4 2 \\
         --out docs/bench/kodak_codecs.json --plot docs/kodak_codecs.png
 
@@ -53,7 +53,7 @@ def interp(curve, bpp: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, default=Path("nerfcodec_ns/weights/backbone.pt"))
+    ap.add_argument("--weights", type=Path, default=Path("nerfcodec_ns/codec/weights/backbone.pt"))
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images/kodak"))
     ap.add_argument("--gains", type=float, nargs="+", default=[0.5, 0.7, 1.0, 1.4, 2.0])
     ap.add_argument("--jpeg", type=int, nargs="+", default=[10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95])
@@ -64,8 +64,8 @@ def main() -> None:
 
     import torch
 
-    from nerfcodec_ns.pretrain import evaluate, list_images, load_backbone_file
-    from nerfcodec_ns.rd import bd_psnr, bd_rate
+    from nerfcodec_ns.bench.rd import bd_psnr, bd_rate
+    from nerfcodec_ns.codec.pretrain import evaluate, list_images, load_backbone_file
 
     torch.set_num_threads(2)
     files = list_images(args.images)

@@ -19,7 +19,9 @@ import torch
 import tyro
 
 from group_probe import load_planes, train_probe
-from nerfcodec_ns.codec import CodecConfig, PlaneCodec, estimate_bits, load_backbone, plane_stats
+from nerfcodec_ns.codec.backbone import load_backbone
+from nerfcodec_ns.codec.plane import PlaneCodec, estimate_bits, plane_stats
+from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.model import normalized_mse
 
 

@@ -1,6 +1,6 @@
 """Codec pre-training speed on this CPU: seconds per training step for a few backbone sizes.
 
-For each (N, M) of bmshj2018-hyperprior (ScaleHyperprior) it times `nerfcodec_ns.pretrain.train_step`
+For each (N, M) of bmshj2018-hyperprior (ScaleHyperprior) it times `nerfcodec_ns.codec.pretrain.train_step`
 (forward, rate-distortion loss, backward, clipping, both Adam steps, aux loss) on random-crop
 batches of synthetic smooth images, after a few untimed warm-up steps, and reports the parameter
 count and the size of the backbone file that `nerfcodec pretrain-codec` would write (float16).
@@ -61,8 +61,14 @@ def _synthetic_images(count: int = 6, h: int = 432, w: int = 648):
 def bench_size(N: int, M: int, args: Args, images) -> dict:
     import torch
 
-    from nerfcodec_ns.pretrain import (CropBatches, PretrainConfig, build_model, make_optimizers,
-                                       save_backbone, train_step)
+    from nerfcodec_ns.codec.pretrain import (
+        CropBatches,
+        PretrainConfig,
+        build_model,
+        make_optimizers,
+        save_backbone,
+        train_step,
+    )
 
     cfg = PretrainConfig(N=N, M=M, crop=args.crop, batch_size=args.batch_size)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
 """One training step exactly as nerfstudio's Trainer runs it, shared by the benchmark scripts
-(it lives in the package, :func:`nerfcodec_ns.bench.train_step`)."""
+(it lives in the package, :func:`nerfcodec_ns.bench.bench.train_step`)."""
 
-from nerfcodec_ns.bench import train_step  # noqa: F401
+from nerfcodec_ns.bench.bench import train_step  # noqa: F401

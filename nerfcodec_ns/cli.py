@@ -16,9 +16,9 @@ from typing import Annotated, Optional, Tuple, Union
 import tyro
 
 # Cheap: torch is already imported by the package; compressai is imported only when a command runs.
-from nerfcodec_ns.bench import BenchConfig
-from nerfcodec_ns.export import ExportBitstream
-from nerfcodec_ns.pretrain import PretrainConfig
+from nerfcodec_ns.bench.bench import BenchConfig
+from nerfcodec_ns.codec.pretrain import PretrainConfig
+from nerfcodec_ns.scenefile.export import ExportBitstream
 
 
 class UserError(Exception):
@@ -104,7 +104,7 @@ class PretrainCodec:
     def main(self) -> None:
         from rich.console import Console
 
-        from nerfcodec_ns.pretrain import PretrainError, pretrain
+        from nerfcodec_ns.codec.pretrain import PretrainError, pretrain
 
         try:
             result = pretrain(self.images, self.output, self.config, resume=self.resume,
@@ -114,7 +114,7 @@ class PretrainCodec:
         except PretrainError as err:
             raise UserError(str(err)) from err
         except KeyboardInterrupt:
-            from nerfcodec_ns.pretrain import checkpoint_path
+            from nerfcodec_ns.codec.pretrain import checkpoint_path
 
             ckpt = checkpoint_path(self.output)
             if ckpt.exists():
@@ -152,7 +152,7 @@ class EvalCodec:
 
         from rich.console import Console
 
-        from nerfcodec_ns.pretrain import PretrainError, evaluate, list_images, load_backbone_file
+        from nerfcodec_ns.codec.pretrain import PretrainError, evaluate, list_images, load_backbone_file
 
         try:
             list_images(self.images)
@@ -197,7 +197,7 @@ class Decode:
     """Replace an existing OUTPUT_DIR."""
 
     def main(self) -> None:
-        from nerfcodec_ns.decode import write_run
+        from nerfcodec_ns.scenefile.decode import write_run
 
         if self.view_size < 1:
             raise UserError(f"--view-size must be >= 1, got {self.view_size}")
@@ -228,24 +228,25 @@ class Info:
     def main(self) -> None:
         import json
 
-        from nerfcodec_ns import bitstream as nb
+        from nerfcodec_ns.scenefile.container import read_file, section_sizes
+        from nerfcodec_ns.scenefile.header import header_json, limits
 
         if self.limits:
             if self.json:
-                print(json.dumps(nb.limits()))
+                print(json.dumps(limits()))
             else:
-                _print_table("decoder limits", ["limit", "value"], [(k, str(v)) for k, v in nb.limits().items()])
+                _print_table("decoder limits", ["limit", "value"], [(k, str(v)) for k, v in limits().items()])
             return
         if self.scene is None:
             raise UserError("give a scene file (or --limits)")
-        bs = nb.read_file(self.scene)
+        bs = read_file(self.scene)
         data = self.scene.read_bytes()
-        sizes = nb.section_sizes(data)
+        sizes = section_sizes(data)
         total = sum(sizes.values())
         if total != len(data):  # section_sizes partitions the file; anything else is a bug
             raise RuntimeError(f"section sizes add up to {total}, the file has {len(data)} bytes")
         if self.json:
-            header = json.loads(nb.header_json(bs.header))
+            header = json.loads(header_json(bs.header))
             print(json.dumps({"path": str(self.scene), "total_bytes": total, "sections": sizes, "header": header}))
             return
         h = bs.header
@@ -270,7 +271,7 @@ class Bench(BenchConfig):
     JPEG, WebP, AVIF, non-adapted CompressAI) from one trained field: results.json, rd.png, BD-rates."""
 
     def main(self) -> None:
-        from nerfcodec_ns.bench import BenchError, run_bench
+        from nerfcodec_ns.bench.bench import BenchError, run_bench
 
         try:
             run_bench(self)
@@ -329,11 +330,14 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"nerfcodec: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        from nerfcodec_ns.bitstream import BitstreamError
-        from nerfcodec_ns.decode import DecodeError
-        from nerfcodec_ns.export import ExportError
+        # each layer's own error type (the demo, the scene-file format, export, decode): one line
+        from nerfcodec_ns.demo import DemoError
+        from nerfcodec_ns.scenefile.decode import DecodeError
+        from nerfcodec_ns.scenefile.export import ExportError
+        from nerfcodec_ns.scenefile.header import BitstreamError
 
-        if not isinstance(err, (BitstreamError, DecodeError, ExportError, FileNotFoundError, IsADirectoryError)):
+        one_line = (DemoError, BitstreamError, DecodeError, ExportError, FileNotFoundError, IsADirectoryError)
+        if not isinstance(err, one_line):
             raise
         print(f"nerfcodec: error: {err}", file=sys.stderr)
         return 2

@@ -15,8 +15,11 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfcodec_ns.compat import default_device_type
-from nerfcodec_ns.export import graft_ns_export
 from nerfcodec_ns.model import NerfcodecModelConfig
+
+# The exporter: its import also registers the scene-file sizer that the model's rate control measures
+# with (nerfcodec_ns.codec.ratecontrol.register_file_sizer), so every `ns-train nerfcodec` has it.
+from nerfcodec_ns.scenefile.export import graft_ns_export
 
 #: Default number of training steps (also the learning-rate schedules' horizon).
 MAX_STEPS = 10_000

@@ -27,6 +27,11 @@ from rich.table import Table
 CONSOLE = Console()
 
 
+class DemoError(Exception):
+    """The demo cannot go on (existing output, a failed training run, an unexportable run); the
+    ``nerfcodec demo`` command prints it as one line."""
+
+
 def ns_train_command(data: Path, runs: Path, steps: int, extra: List[str] = ()) -> List[str]:
     """The ``ns-train nerfcodec`` command line the demo runs (learning-rate schedules span ``steps``).
 
@@ -60,12 +65,12 @@ def evaluate_run(pipeline, step: int) -> Dict[str, float]:
 
 def estimated_size(model) -> Dict[str, float]:
     """Estimated transmitted size of the trained model (latents from the eval-mode likelihoods, plus
-    every other transmitted part: :func:`nerfcodec_ns.export.estimated_sizes`) and the size of its
+    every other transmitted part: :func:`nerfcodec_ns.scenefile.export.estimated_sizes`) and the size of its
     float32 planes, in bytes."""
     planes_bytes = sum(p.numel() * 4 for p in model.field.plane_list())
     if model.codec is None:
         return {"planes_float32_bytes": planes_bytes}
-    from nerfcodec_ns.export import estimated_sizes
+    from nerfcodec_ns.scenefile.export import estimated_sizes
 
     parts = estimated_sizes(model)
     return {"planes_float32_bytes": planes_bytes, "latent_bytes_est": parts["y"] + parts["z"],
@@ -90,13 +95,12 @@ def save_comparison(pipeline, out_png: Path) -> None:
 
 def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: int = 0, overwrite: bool = False) -> Dict:
     """Run the whole demo; returns the summary that is also written to ``summary.json``."""
-    from nerfcodec_ns.cli import UserError
     from nerfcodec_ns.scene import SceneSpec, write_blender_scene
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         if not overwrite:
-            raise UserError(f"{output_dir} already exists and is not empty (pass --overwrite to replace it)")
+            raise DemoError(f"{output_dir} already exists and is not empty (pass --overwrite to replace it)")
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -114,7 +118,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     proc = subprocess.run(cmd, env=env)
     train_s = time.time() - t0
     if proc.returncode != 0:
-        raise UserError(f"ns-train failed with exit code {proc.returncode}")
+        raise DemoError(f"ns-train failed with exit code {proc.returncode}")
     config_path = output_dir / "runs" / "demo" / "nerfcodec" / "run" / "config.yml"
 
     CONSOLE.rule("[bold]3/5 evaluation (ns-eval equivalent, test views)")
@@ -128,15 +132,15 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
 
     CONSOLE.rule("[bold]4/5 export: nerfcodec export")
-    from nerfcodec_ns.decode import write_run
-    from nerfcodec_ns.export import ExportError, export_run
+    from nerfcodec_ns.scenefile.decode import write_run
+    from nerfcodec_ns.scenefile.export import ExportError, export_run
 
     nfc = output_dir / "scene.nfc"
     CONSOLE.print(f"$ nerfcodec export --load-config {config_path} --output-path {nfc}")
     try:
         exported = export_run(config_path, nfc)
     except ExportError as err:
-        raise UserError(str(err)) from err
+        raise DemoError(str(err)) from err
     CONSOLE.print(f"wrote {nfc}: {exported.num_bytes:,} bytes in {exported.seconds:.2f} s")
 
     CONSOLE.rule("[bold]5/5 decode: nerfcodec decode, then evaluate the decoded scene")

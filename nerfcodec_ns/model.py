@@ -10,6 +10,10 @@ Training stages (set by the step; ``codec_stage`` is kept in the checkpoint):
    vectors and MLP train on rendering loss + ``codec_lambda`` x rate. From here on, evaluation
    and the viewer render the decoded planes (rounded latents), so reported PSNR is the
    compressed scene's.
+
+With a size budget (``codec_target_bytes``), rate control measures the real scene file through
+:func:`nerfcodec_ns.codec.ratecontrol.measured_file_size`, which the exporter fills in: the model
+itself knows nothing about the exporter.
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
-from nerfcodec_ns.codec import CodecConfig, CodecOutput
-from nerfcodec_ns.field import TriplaneField, TriplaneFieldSpec
+from nerfcodec_ns.codec.plane import CodecOutput
+from nerfcodec_ns.codec.ratecontrol import RateController, measured_file_size
+from nerfcodec_ns.codec.settings import CodecConfig
+from nerfcodec_ns.field.field import TriplaneField, TriplaneFieldSpec
+from nerfcodec_ns.field.rendering import accumulate_along_rays, render_weights
+from nerfcodec_ns.field.sampler import OccupancySampler, PackedSamples, nerfacc_usable
 from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
-from nerfcodec_ns.ratecontrol import RateController
-from nerfcodec_ns.rendering import accumulate_along_rays, render_weights
-from nerfcodec_ns.sampler import OccupancySampler, PackedSamples, nerfacc_usable
 
 
 @dataclass
@@ -102,7 +107,7 @@ class NerfcodecModelConfig(ModelConfig):
     codec_target_bytes: int = 0
     """Size budget of the exported scene file in bytes (0: off, lambda stays ``codec_lambda``). When set,
     training adjusts lambda, starting from ``codec_lambda``, so that the file lands on the budget
-    (``nerfcodec_ns/ratecontrol.py``); the current lambda is logged as ``codec_lambda``."""
+    (``nerfcodec_ns/codec/ratecontrol.py``); the current lambda is logged as ``codec_lambda``."""
     rate_control_gain: float = 0.05
     """Rate control: change of log lambda per step per unit of log size error."""
     rate_control_land_tolerance: float = 0.02
@@ -149,7 +154,7 @@ class NerfcodecModel(Model):
         self.register_buffer("codec_stage", torch.tensor(0), persistent=True)
         self.codec = None
         if self.config.codec_enabled:
-            from nerfcodec_ns.codec import PlaneCodec
+            from nerfcodec_ns.codec.plane import PlaneCodec
 
             spec = self.field.spec
             self.codec = PlaneCodec(self.config.codec, spec.num_channels, spec.resolutions)
@@ -204,13 +209,8 @@ class NerfcodecModel(Model):
             backbone); built once per step and quantization gain, however many callbacks ask."""
             key = (step, self.codec.latent_gain._version)
             if key not in file_sizes:
-                from nerfcodec_ns.export import ExportError, scene_file_size
-
                 file_sizes.clear()
-                try:
-                    file_sizes[key] = scene_file_size(self, dataparser_outputs())
-                except ExportError:
-                    file_sizes[key] = None
+                file_sizes[key] = measured_file_size(self, dataparser_outputs())
             return file_sizes[key]
 
         def log_file_size(step: int) -> None:
@@ -379,21 +379,18 @@ class NerfcodecModel(Model):
         current gain for the largest file not above the target. Does nothing when the file is already
         within ``tolerance`` (default ``rate_control_land_tolerance``) of the target. Returns
         ``(gain, file bytes)``, or None when nothing was changed."""
-        from nerfcodec_ns.export import ExportError, scene_file_size
-
         target = float(self.config.codec_target_bytes)
         if self.codec is None or target <= 0 or self.codec.autoregressive:
             return None
         tol = self.config.rate_control_land_tolerance if tolerance is None else tolerance
 
-        def size_at(gain: float) -> Tuple[float, int]:
+        def size_at(gain: float) -> Tuple[float, Optional[int]]:
             self.codec.latent_gain.fill_(gain)  # float32: measure with exactly the gain a file would hold
-            return self.codec.gain, scene_file_size(self, dataparser_outputs)
+            return self.codec.gain, measured_file_size(self, dataparser_outputs)
 
         g0 = self.codec.gain
-        try:
-            _, s0 = size_at(g0)
-        except ExportError:
+        _, s0 = size_at(g0)
+        if s0 is None:  # no file can be built (or measured): nothing to land
             return None
         if abs(s0 / target - 1.0) <= tol:
             return None
@@ -403,6 +400,9 @@ class NerfcodecModel(Model):
         best = (g0, s0) if s0 <= target else None
         for _ in range(12):
             gain, size = size_at(math.exp(0.5 * (lo + hi)))
+            if size is None:  # not expected once g0 gave a file: keep the state as it was
+                self.codec.latent_gain.fill_(g0)
+                return None
             if size <= target:
                 lo = math.log(gain)
                 if best is None or size > best[1]:
@@ -413,6 +413,9 @@ class NerfcodecModel(Model):
                 hi = math.log(gain)
         if best is None:  # even 8x coarser is too big: keep the coarsest
             best = size_at(math.exp(lo))
+        if best[1] is None:
+            self.codec.latent_gain.fill_(g0)
+            return None
         self.codec.latent_gain.fill_(best[0])
         return best
 
@@ -425,7 +428,7 @@ class NerfcodecModel(Model):
     def transmitted_sizes(self) -> Dict[str, int]:
         """Bytes of every transmitted part other than the latent strings: the codec's content-specific
         decoder parts, the MLPs as float16, and the occupancy grid (packed bits, LZMA; see
-        :func:`nerfcodec_ns.bitstream.encode_bits`)."""
+        :func:`nerfcodec_ns.scenefile.payload.encode_bits`)."""
         assert self.codec is not None
         sizes = {k.replace(".", "_"): v for k, v in self.codec.transmitted_sizes().items()}
         sizes["mlp"] = 2 * sum(p.numel() for p in self.field.mlp_parameters())
@@ -434,7 +437,7 @@ class NerfcodecModel(Model):
 
     def grid_payload_bytes(self) -> int:
         """Size of the coded occupancy grid (cached until the grid changes: LZMA takes ~0.1 s)."""
-        from nerfcodec_ns.bitstream import encode_bits
+        from nerfcodec_ns.scenefile.payload import encode_bits
 
         b = self.sampler.estimator.binaries
         if self._grid_bytes is None or self._grid_bytes[0] is not b or self._grid_bytes[1] != b._version:

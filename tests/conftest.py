@@ -54,7 +54,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
     using it can be exported and decoded (a decoder needs the frozen weights)."""
     import torch
 
-    from nerfcodec_ns.codec import build_backbone, save_backbone_file
+    from nerfcodec_ns.codec.backbone import build_backbone, save_backbone_file
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("backbone") / "tiny_backbone.pt"
@@ -80,7 +80,7 @@ def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_nfc(tiny_run, tmp_path_factory):
     """The tiny run exported in-process: (path, ExportResult)."""
-    from nerfcodec_ns.export import export_run
+    from nerfcodec_ns.scenefile.export import export_run
 
     path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
     return path, export_run(tiny_run, path)

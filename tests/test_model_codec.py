@@ -8,7 +8,7 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
-from nerfcodec_ns.codec import CodecConfig
+from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.model import NerfcodecModelConfig
 
 

@@ -1,0 +1,75 @@
+"""Settings of the plane codec: which CompressAI backbone to adapt, and how (:class:`CodecConfig`).
+
+Pure data (no torch, no compressai): the nerfstudio model config, the exporter and the decoder all
+build a :class:`CodecConfig`, and :mod:`nerfcodec_ns.codec.backbone` reads the backbone choice from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Tuple
+
+Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
+HEAD_INITS = ("random", "pretrained")
+ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
+
+
+@dataclass
+class CodecConfig:
+    """Which backbone to adapt, and how (NeRFCodec's neural plane codec)."""
+
+    backbone: Architecture = "bmshj2018-hyperprior"
+    """CompressAI architecture of the backbone codec."""
+    weights: str = "embedded"
+    """Backbone weights: "embedded" (``nerfcodec_ns/codec/weights/backbone.pt``, shipped with the package),
+    "zoo" (CompressAI's official MSE weights for ``backbone`` and ``quality``; read from the torch hub
+    cache when present, else downloaded), "random" (random init, for ablations), or the path of a
+    backbone file written by :func:`~nerfcodec_ns.codec.backbone.save_backbone_file`."""
+    quality: int = 6
+    """CompressAI zoo quality (only for ``weights="zoo"``)."""
+    N: int = 64
+    """Backbone channel count N (only for ``weights="random"``; zoo and files carry their own)."""
+    M: int = 96
+    """Backbone latent channel count M (only for ``weights="random"``; cheng2020 uses M = N)."""
+    compensation: bool = True
+    """Add learnable per-axis feature-compensation vectors to the decoded planes."""
+    head_bits: int = 8
+    """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
+    vector_bits: int = 8
+    """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
+    clip_sigmas: float = 4.0
+    """Normalisation range per plane and channel: 0 = min..max (the reference); k > 0 = mean -/+ k
+    standard deviations (narrowed to min..max), values outside clipped. Trained planes have a standard
+    deviation of only 5-8% of their min..max range, so k = 4 resolves them about 2x finer (on lego_200,
+    training PSNR after 100 joint steps: 20.4 dB against 18.4 dB with min..max, docs/codec.md)."""
+    latent_gain: float = 1.0
+    """Quantization gain of the latent y: y is coded as round(gain * y) / gain (the Gaussian scales
+    and means are multiplied by the same gain). Larger: finer quantization, more bits, better planes
+    (a rate knob that needs no retraining of the frozen synthesis). Not for cheng2020-anchor."""
+    adapt_heads: bool = True
+    """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
+    layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
+    train_precision: Literal["float32", "bfloat16"] = "float32"
+    """Arithmetic of the codec's transforms in training mode: "bfloat16" runs g_a, h_a, h_s and g_s
+    under autocast on channels-last tensors (faster on CPUs with AMX/AVX-512 BF16, and on GPUs); the
+    entropy models and the rate stay float32. Evaluation, export and decoding are always float32, so
+    files and their decoding are unchanged."""
+    head_init: Literal["random", "pretrained"] = "random"
+    """Start of the adapted layers (``adapt_heads``): "random" (a fresh layer, as in the reference) or
+    "pretrained" (the backbone's RGB layers tiled over the channels, i.e. where the frozen heads are,
+    then trained). Only the adapted layers' starting point differs; what is transmitted is the same."""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ARCHITECTURES:
+            raise ValueError(f"backbone must be one of {ARCHITECTURES}, got {self.backbone!r}")
+        if not self.latent_gain > 0:
+            raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
+        if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
+            raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
+        if self.train_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"train_precision must be float32 or bfloat16, got {self.train_precision!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        for name in ("head_bits", "vector_bits"):
+            if not 2 <= getattr(self, name) <= 8:
+                raise ValueError(f"{name} must be in 2..8 (stored as int8), got {getattr(self, name)}")

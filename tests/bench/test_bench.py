@@ -1,0 +1,119 @@
+"""`nerfcodec bench`: every point is a real file that decodes and renders; the report, plot and BD
+table are written; bad input gives one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tiny_run, tiny_scene, tiny_backbone, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    res = run_cli([
+        str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--base", str(tiny_run), "--output-dir", str(out),
+        "--weights", str(tiny_backbone), "--train-rays", "256", "--warmup-steps", "3", "--joint-steps", "4",
+        "--lambdas", "1e-5", "1e-3", "--budget", "60000", "--eval-images", "1",
+        "--baseline-families", "float32", "quant8", "png", "jpeg", "compressai",
+    ], env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), res.stdout
+
+
+def test_bench_writes_results_plot_and_tables(tiny_bench):
+    out, result, stdout = tiny_bench
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rate-distortion on" in stdout and "BD-rate" in stdout
+    report = (out / "report.md").read_text()
+    assert all(f"| {p['name']} |" in report or f"| **{p['name']}** |" in report for p in result["points"])
+    families = {p["family"] for p in result["points"]}
+    assert families == {"float32", "quant8", "png", "jpeg", "compressai", "nerfcodec", "nerfcodec-target"}
+    assert set(result["bd"]) == {"float32", "quant8", "png", "jpeg", "compressai"}
+    for row in result["bd"].values():  # a number, or the reason there is none
+        assert (row["bd_rate_pct"] is not None) or row.get("note")
+    assert set(result["times_s"]) >= {"field", "reference", "baselines", "nerfcodec", "total"}
+
+
+def test_every_point_is_a_file_of_its_counted_size(tiny_bench):
+    _, result, _ = tiny_bench
+    for p in result["points"]:
+        path = Path(p["file"])
+        assert path.stat().st_size == p["bytes"], p["name"]
+        assert 0 < p["psnr"] < 100 and 0 < p["ssim"] <= 1
+
+
+def test_baseline_files_decode_to_the_rendered_planes(tiny_bench, tiny_backbone):
+    """float32 is lossless: its decoded planes render exactly the reference; 8-bit ones render
+    within a small PSNR distance of it."""
+    from nerfcodec_ns.bench.baselines import QuantCoder, RawCoder
+    from nerfcodec_ns.bench.bench import unpack_baseline
+
+    _, result, _ = tiny_bench
+    ref = result["reference"]["psnr"]
+    points = {p["name"]: p for p in result["points"]}
+    assert points["float32"]["psnr"] == pytest.approx(ref, abs=1e-4)
+    assert abs(points["png"]["psnr"] - ref) < 0.5
+    name, payload, mlp, _ = unpack_baseline(Path(points["quant8-zlib"]["file"]).read_bytes())
+    assert name == "quant8-zlib"
+    levels = QuantCoder(8, "zlib").decode(payload)
+    f32 = RawCoder("float32").decode(unpack_baseline(Path(points["float32"]["file"]).read_bytes())[1])
+    for a, b in zip(levels, f32):
+        step = (b.max(axis=(2, 3)) - b.min(axis=(2, 3))).max() / 255
+        assert abs(a - b).max() <= step / 2 + 1e-6
+    assert all(m.dtype.name == "float16" for m in mlp)
+
+
+def test_nerfcodec_points_are_decodable_scene_files(tiny_bench, tiny_backbone):
+    from nerfcodec_ns.scenefile.decode import decode_file
+
+    _, result, _ = tiny_bench
+    ours = [p for p in result["points"] if p["family"].startswith("nerfcodec")]
+    assert len(ours) == 3
+    for p in ours:
+        scene = decode_file(Path(p["file"]), weights=tiny_backbone)
+        assert len(scene.planes) == 2
+    target = next(p for p in ours if p["family"] == "nerfcodec-target")
+    assert target["target_bytes"] == 60000
+    assert target["target_error"] == pytest.approx(target["bytes"] / 60000 - 1, abs=1e-4)
+
+
+@pytest.mark.parametrize("case", ["missing-data", "unknown-family", "existing-output", "overwrite-foreign-folder"])
+def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_path):
+    out = tmp_path / "out"
+    args = [str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--output-dir", str(out), "--eval-images", "1"]
+    if case == "missing-data":
+        args[3] = str(tmp_path / "nope")
+    elif case == "unknown-family":
+        args += ["--base", str(tiny_run), "--baseline-families", "jpeg", "gif", "--lambdas"]
+    elif case == "existing-output":
+        out.mkdir()
+        (out / "results.json").write_text("{}")
+    else:  # --overwrite must not delete a folder the bench did not make
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+        args.append("--overwrite")
+    res = run_cli(args, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("nerfcodec: error:")]
+    assert len(lines) == 1, res.stderr[-2000:]
+    if case == "existing-output":
+        assert (out / "results.json").read_text() == "{}"  # nothing lost
+    if case == "overwrite-foreign-folder":
+        assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_bench_can_run_nerfcodec_with_frozen_pretrained_heads(tiny_run, tiny_backbone):
+    """``--no-adapt-heads``: the codec stages use the frozen, tiled RGB layers (nothing transmitted for them)."""
+    from nerfcodec_ns.bench.bench import BenchConfig, codec_trainer, load_base
+
+    base_cfg, state, _ = load_base(tiny_run)
+    for adapt in (True, False):
+        cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, adapt_heads=adapt, train_rays=64)
+        codec = codec_trainer(cfg, base_cfg, state, 1e-5).pipeline.model.codec
+        assert codec.config.adapt_heads is adapt
+        assert (codec.transmitted_sizes()["head"] > 0) is adapt
+        assert codec.g_s_head.layer.weight.requires_grad is adapt
