@@ -19,7 +19,7 @@ import torch
 from conftest import REPO
 from nerfcodec_ns.scenefile import fuzz
 from nerfcodec_ns.scenefile.decode import DecodeError, decode_file
-from nerfcodec_ns.scenefile.header import BitstreamError, limits
+from nerfcodec_ns.scenefile.header import CAMERA_MODELS, MAX_GRID_RESOLUTION, BitstreamError, limits
 from nerfcodec_ns.scenefile.payload import (
     decode_array,
     decode_strings,
@@ -121,7 +121,7 @@ def test_thousands_of_levels_are_rejected_at_once(source, tmp_path, tiny_backbon
     assert time.perf_counter() - t < 5.0
 
 
-@pytest.mark.parametrize("model", nb.CAMERA_MODELS)
+@pytest.mark.parametrize("model", CAMERA_MODELS)
 def test_every_allowed_camera_model_decodes_and_renders(source, tmp_path, tiny_backbone, model):
     header = _header(source)
     header["cameras"]["camera_model"] = model
@@ -153,7 +153,7 @@ def test_packed_section_bomb_is_refused(source, tmp_path, tiny_backbone):
 
 def test_grid_bomb_is_refused(source, tmp_path, tiny_backbone):
     header = _header(source)
-    header["render"]["grid_resolution"] = nb.MAX_GRID_RESOLUTION  # within the limit, and no more bits
+    header["render"]["grid_resolution"] = MAX_GRID_RESOLUTION  # within the limit, and no more bits
     data = _rewrite(source, header, sections={"grid": fuzz.lzma2_bomb(128 << 20, 0xFF)})
     result = fuzz.run_case(_write(tmp_path, data), timeout_s=60, memory_limit_bytes=1 << 30, weights=tiny_backbone)
     assert result.outcome == "rejected" and "bit mask" in result.message, result
