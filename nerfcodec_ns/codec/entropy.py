@@ -48,7 +48,75 @@ def rans_pad_bytes(num_symbols: int, string_bytes: int) -> int:
     bits (docs/bitstream.md, "Bounded entropy decoding", has the derivation). This is that bound in
     bytes, so the decoder never leaves the padded buffer, whatever the string holds.
     """
-    return 392 * int(num_symbols) + 48 * int(string_bytes) + 256
+    return 200 * int(num_symbols) + 24 * int(string_bytes) + 2048
+
+
+_KEPT_DEPTH = 0
+
+
+@contextlib.contextmanager
+def large_allocations_kept():
+    """Within the block, glibc serves large allocations from the heap and keeps freed memory, so the
+    padded strings (megabytes each, allocated and freed per string) do not page-fault anew every time
+    (this halved the bounded decoding time here). Restores glibc's default thresholds and trims the
+    heap on exit; does nothing where glibc's ``mallopt`` is not available. Re-entrant: only the
+    outermost block changes the settings (the decoder wraps all levels in one)."""
+    global _KEPT_DEPTH
+    libc = None
+    _KEPT_DEPTH += 1
+    if _KEPT_DEPTH > 1:
+        try:
+            yield
+        finally:
+            _KEPT_DEPTH -= 1
+        return
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        set_ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        set_ok = False
+    try:
+        yield
+    finally:
+        _KEPT_DEPTH -= 1
+        if set_ok:
+            libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+            libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+            libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_ZEROS = memoryview(b"")
+#: Largest zero buffer kept between calls (bytes); larger pads are made for the call and dropped.
+_ZEROS_KEEP = 64 << 20
+
+
+def padded(string: bytes, pad: int) -> bytes:
+    """``string`` followed by ``pad`` zero bytes (from a cached zero buffer: no page-faulting fill)."""
+    global _ZEROS
+    if pad > len(_ZEROS):
+        zeros = memoryview(bytes(pad))
+        if pad <= _ZEROS_KEEP:
+            _ZEROS = zeros
+    else:
+        zeros = _ZEROS
+    return b"".join((bytes(string), zeros[:pad]))
+
+
+def _table_lists(model: nn.Module):
+    """The entropy model's tables as the Python lists the native coder takes, cached on the model
+    until its tables change (converting them is most of the per-string cost on CPU)."""
+    tables = (model._quantized_cdf, model._cdf_length, model._offset)
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tables)
+    cached = getattr(model, "_nfc_table_lists", None)
+    if cached is None or cached[0] != key:
+        lists = (tables[0].tolist(), tables[1].reshape(-1).int().tolist(), tables[2].reshape(-1).int().tolist())
+        object.__setattr__(model, "_nfc_table_lists", (key, lists))
+        cached = (key, lists)
+    return cached[1]
 
 
 def bounded_decompress(entropy_model: nn.Module, strings: Sequence[bytes], indexes: Tensor,
@@ -63,25 +131,33 @@ def bounded_decompress(entropy_model: nn.Module, strings: Sequence[bytes], index
     model = entropy_model
     if len(strings) != indexes.size(0):
         raise ValueError(f"{len(strings)} strings for {indexes.size(0)} index tensors")
-    cdf = model._quantized_cdf.tolist()
-    cdf_length = model._cdf_length.reshape(-1).int().tolist()
-    offset = model._offset.reshape(-1).int().tolist()
+    cdf, cdf_length, offset = _table_lists(model)
     coder = model.entropy_coder
     outputs = torch.empty(indexes.size(), dtype=torch.int32)
+    with large_allocations_kept():
+        _decode_strings(coder, strings, indexes, cdf, cdf_length, offset, outputs)
+    return model.dequantize(outputs, means, dtype)
+
+
+def _decode_strings(coder, strings, indexes, cdf, cdf_length, offset, outputs) -> None:
     for i, string in enumerate(strings):
-        idx = indexes[i].reshape(-1).int().tolist()
-        values = coder.decode_with_indexes(bytes(string) + bytes(rans_pad_bytes(len(idx), len(string))), idx,
-                                           cdf, cdf_length, offset)
+        # pass the native coder only the tables this string uses (converting the lists is most of a
+        # call's cost): same tables per symbol, so the same symbols and the same bytes
+        used, inverse = torch.unique(indexes[i].reshape(-1).int(), return_inverse=True)
+        tables = used.tolist()
+        sub = ([cdf[t] for t in tables], [cdf_length[t] for t in tables], [offset[t] for t in tables])
+        idx = inverse.int().tolist()
+        values = coder.decode_with_indexes(padded(string, rans_pad_bytes(len(idx), len(string))), idx, *sub)
+        decoded = torch.tensor(values, dtype=torch.int32)
         # a damaged string can decode to garbage symbols whose re-encoding never ends (the encoder's
         # bypass loop does not terminate for a negative raw value): refuse them before re-encoding
-        if values and max(map(abs, values)) > MAX_SYMBOL:
+        if decoded.numel() and int(decoded.abs().max()) > MAX_SYMBOL:
             raise ValueError(f"string #{i} ({len(string)} bytes) decodes to symbols beyond +-{MAX_SYMBOL} "
                              "(damaged)")
-        if coder.encode_with_indexes(values, idx, cdf, cdf_length, offset) != bytes(string):
+        if coder.encode_with_indexes(values, idx, *sub) != bytes(string):
             raise ValueError(f"string #{i} ({len(string)} bytes) is not the coding of its {len(idx)} symbols "
                              "(truncated or damaged)")
-        outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].shape)
-    return model.dequantize(outputs, means, dtype)
+        outputs[i] = decoded.reshape(outputs[i].shape)
 
 
 def bounded_bottleneck_decompress(bottleneck: nn.Module, strings: Sequence[bytes], size: Tuple[int, int]) -> Tensor:

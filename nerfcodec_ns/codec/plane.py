@@ -39,6 +39,7 @@ from nerfcodec_ns.codec.backbone import DYNAMIC_BUFFERS, BackboneInfo, load_back
 from nerfcodec_ns.codec.entropy import (
     bounded_bottleneck_decompress,
     bounded_decompress,
+    padded,
     rans_pad_bytes,
     reproducible_convolutions,
 )
@@ -464,7 +465,7 @@ class PlaneCodec(nn.Module):
         y_hat = params.new_zeros((len(strings), self.M, H + 2 * pad, W + 2 * pad))
         for i, s in enumerate(strings):
             # fills y_hat[i] in place; the string is padded so the decoder cannot read past it
-            s = bytes(s) + bytes(rans_pad_bytes(self.M * H * W, len(s)))
+            s = padded(s, rans_pad_bytes(self.M * H * W, len(s)))
             AR._decompress_ar(self, s, y_hat[i : i + 1], params[i : i + 1], H, W, k, pad)
         return F.pad(y_hat, (-pad, -pad, -pad, -pad))
 

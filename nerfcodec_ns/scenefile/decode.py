@@ -162,7 +162,10 @@ def decode_bitstream(bs: Bitstream, weights: Optional[Path] = None) -> DecodedSc
     line, whatever library raised it.
     """
     try:
-        return _decode_bitstream(bs, weights)
+        from nerfcodec_ns.codec.entropy import large_allocations_kept
+
+        with large_allocations_kept():
+            return _decode_bitstream(bs, weights)
     except (DecodeError, BitstreamError):
         raise
     except MemoryError:
