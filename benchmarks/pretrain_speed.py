@@ -38,6 +38,9 @@ class Args:
     """Timed steps per size."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+    precisions: List[str] = field(default_factory=lambda: ["float32"])
+    """Training arithmetic to time for each size, in the same run (``PretrainConfig.precision``):
+    float32 and/or bfloat16 (autocast on channels-last tensors)."""
     out: Path = Path("docs/bench/pretrain_speed.json")
     """Where to write the results (JSON)."""
 
@@ -58,7 +61,7 @@ def _synthetic_images(count: int = 6, h: int = 432, w: int = 648):
     return images
 
 
-def bench_size(N: int, M: int, args: Args, images) -> dict:
+def bench_size(N: int, M: int, args: Args, images, precision: str = "float32") -> dict:
     import torch
 
     from nerfcodec_ns.codec.pretrain import (
@@ -70,9 +73,11 @@ def bench_size(N: int, M: int, args: Args, images) -> dict:
         train_step,
     )
 
-    cfg = PretrainConfig(N=N, M=M, crop=args.crop, batch_size=args.batch_size)
+    cfg = PretrainConfig(N=N, M=M, crop=args.crop, batch_size=args.batch_size, precision=precision)
     torch.manual_seed(0)
     model = build_model(cfg.architecture, N, M)
+    if precision == "bfloat16":  # as pretrain() does
+        model = model.to(memory_format=torch.channels_last)
     net_opt, aux_opt = make_optimizers(model, cfg)
     batches = CropBatches(images, args.crop, args.batch_size, seed=0)
     for s in range(args.warmup):
@@ -88,7 +93,7 @@ def bench_size(N: int, M: int, args: Args, images) -> dict:
         save_backbone(model, path, cfg.architecture, N, M, meta={}, half=True)
         file_mb = path.stat().st_size / 1e6
     return {
-        "N": N, "M": M,
+        "N": N, "M": M, "precision": precision,
         "params": sum(p.numel() for p in model.parameters()),
         "file_mb_fp16": round(file_mb, 3),
         "s_per_step_median": statistics.median(times),
@@ -113,17 +118,18 @@ def main(args: Args) -> None:
     console = Console()
     results = []
     for N, M in pairs:
-        console.print(f"bmshj2018-hyperprior N={N} M={M} ...")
-        results.append(bench_size(N, M, args, images))
+        for precision in args.precisions:
+            console.print(f"bmshj2018-hyperprior N={N} M={M} {precision} ...")
+            results.append(bench_size(N, M, args, images, precision))
 
     table = Table(title=f"pretrain step time, crop {args.crop}, batch {args.batch_size}, "
                         f"{torch.get_num_threads()} threads")
-    columns = ("N", "M", "params", "file MB (fp16)", "s/step (median)", "s/step (min)", "crops/s",
+    columns = ("N", "M", "precision", "params", "file MB (fp16)", "s/step (median)", "s/step (min)", "crops/s",
                "1000 steps")
     for col in columns:
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(str(r["N"]), str(r["M"]), f"{r['params']:,}", f"{r['file_mb_fp16']:.2f}",
+        table.add_row(str(r["N"]), str(r["M"]), r["precision"], f"{r['params']:,}", f"{r['file_mb_fp16']:.2f}",
                       f"{r['s_per_step_median']:.3f}", f"{r['s_per_step_min']:.3f}",
                       f"{r['crops_per_s']:.1f}", f"{r['s_per_step_median'] * 1000 / 60:.1f} min")
     console.print(table)
