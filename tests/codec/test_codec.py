@@ -529,3 +529,25 @@ def test_run_configs_written_before_the_split_still_load():
     old = "!!python/object:nerfcodec_ns.codec.CodecConfig\nbackbone: mbt2018-mean\nweights: random\n"
     config = yaml.load(old, Loader=yaml.Loader)
     assert isinstance(config, CodecConfig) and (config.backbone, config.weights) == ("mbt2018-mean", "random")
+
+
+def test_bfloat16_training_forward_is_close_and_eval_unchanged():
+    """train_precision="bfloat16" changes only the training forward (autocast): it stays close to the
+    float32 one and passes gradients; eval mode (what files and decoding use) is identical."""
+    planes = smooth_planes(4, 33)
+    fp32 = make_codec(resolutions=(33,), seed=3)
+    bf16 = make_codec(resolutions=(33,), seed=3, train_precision="bfloat16")
+    bf16.load_state_dict(fp32.state_dict())
+    torch.manual_seed(0)
+    a = fp32.train()(planes, 0)
+    torch.manual_seed(0)
+    p = planes.clone().requires_grad_(True)
+    b = bf16.train()(p, 0)
+    rel = float((a.x_hat - b.x_hat).norm() / a.x_hat.norm())
+    assert b.x_hat.dtype == torch.float32 and 0 < rel < 0.05, rel
+    b.x_hat.square().mean().add(b.bits * 1e-6).backward()
+    assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().sum()) > 0
+    fp32.eval(), bf16.eval()
+    assert torch.equal(fp32(planes, 0).x_hat, bf16(planes, 0).x_hat)
+    with pytest.raises(ValueError, match="train_precision"):
+        CodecConfig(train_precision="float16")
