@@ -38,6 +38,12 @@ def reproducible_convolutions():
 MAX_SYMBOL = 1 << 24
 
 
+def symbols_in_range(symbols: Tensor) -> bool:
+    """True when every decoded symbol lies in [-MAX_SYMBOL, MAX_SYMBOL]. (Compares min and max: the
+    absolute value of the int32 -2^31 is itself -2^31, so ``abs().max()`` would let it through.)"""
+    return symbols.numel() == 0 or (int(symbols.min()) >= -MAX_SYMBOL and int(symbols.max()) <= MAX_SYMBOL)
+
+
 def rans_pad_bytes(num_symbols: int, string_bytes: int) -> int:
     """Zero bytes appended to a string before CompressAI's rANS decoder reads it.
 
@@ -52,6 +58,7 @@ def rans_pad_bytes(num_symbols: int, string_bytes: int) -> int:
 
 
 _KEPT_DEPTH = 0
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 @contextlib.contextmanager
@@ -88,7 +95,6 @@ def large_allocations_kept():
             libc.malloc_trim(0)
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _ZEROS = memoryview(b"")
 #: Largest zero buffer kept between calls (bytes); larger pads are made for the call and dropped.
 _ZEROS_KEEP = 64 << 20
@@ -103,7 +109,7 @@ def padded(string: bytes, pad: int) -> bytes:
             _ZEROS = zeros
     else:
         zeros = _ZEROS
-    return b"".join((bytes(string), zeros[:pad]))
+    return b"".join((string, zeros[:pad]))
 
 
 def _table_lists(model: nn.Module):
@@ -151,7 +157,7 @@ def _decode_strings(coder, strings, indexes, cdf, cdf_length, offset, outputs) -
         decoded = torch.tensor(values, dtype=torch.int32)
         # a damaged string can decode to garbage symbols whose re-encoding never ends (the encoder's
         # bypass loop does not terminate for a negative raw value): refuse them before re-encoding
-        if decoded.numel() and int(decoded.abs().max()) > MAX_SYMBOL:
+        if not symbols_in_range(decoded):
             raise ValueError(f"string #{i} ({len(string)} bytes) decodes to symbols beyond +-{MAX_SYMBOL} "
                              "(damaged)")
         if coder.encode_with_indexes(values, idx, *sub) != bytes(string):

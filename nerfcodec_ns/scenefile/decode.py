@@ -155,7 +155,7 @@ def decode_bitstream(bs: Bitstream, weights: Optional[Path] = None) -> DecodedSc
     """Decode every part of a scene file on the CPU (deterministic: integer entropy decoding,
     fixed-order float ops).
 
-    The file is untrusted: its header is within the format's limits (``bitstream.limits()``, checked
+    The file is untrusted: its header is within the format's limits (``scenefile.header.limits()``, checked
     when it was read), every section is checked against the size the header implies before it is
     unpacked, the entropy decoder cannot read past a string, and the decoded planes, MLP, grid and
     cameras must be finite. Every failure is a :class:`DecodeError` or a ``BitstreamError`` with one

@@ -143,6 +143,10 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             ]
             levels.append(LevelShape(comp.resolution, comp.padded_shape, comp.z_shape))
         state = codec.transmitted_state()
+        try:  # the decoder refuses these, so a file holding them must not be written
+            codec.check_transmitted_state(state)
+        except ValueError as err:
+            raise ExportError(f"the codec's parameters cannot be sent: {err}") from None
         for level in range(len(codec.vectors)):
             sections.append(Section(f"vectors.{level}", params(state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"])))
         if codec.config.adapt_heads:

@@ -323,3 +323,14 @@ def test_limits_are_listed_in_the_docs():
     text = (REPO / "docs" / "bitstream.md").read_text()
     for name, value in limits().items():
         assert name in text, f"docs/bitstream.md does not list the limit {name!r}"
+
+
+def test_symbol_range_check_catches_the_int32_minimum():
+    """abs() of the int32 -2^31 is -2^31, so a check by abs().max() let it through to the re-encoder,
+    whose bypass loop never ends for it; the range check compares min and max."""
+    from nerfcodec_ns.codec.entropy import MAX_SYMBOL, symbols_in_range
+
+    assert symbols_in_range(torch.tensor([0, MAX_SYMBOL, -MAX_SYMBOL], dtype=torch.int32))
+    assert symbols_in_range(torch.zeros(0, dtype=torch.int32))
+    assert not symbols_in_range(torch.tensor([3, -(2**31)], dtype=torch.int32))
+    assert not symbols_in_range(torch.tensor([MAX_SYMBOL + 1], dtype=torch.int32))

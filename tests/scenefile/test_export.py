@@ -218,3 +218,18 @@ def test_training_logs_the_exact_file_size_at_its_last_step(tiny_run, tiny_nfc):
     last = acc.Scalars(tag)[-1]
     assert last.step == 29
     assert int(last.value) == tiny_nfc[0].stat().st_size
+
+
+def test_export_refuses_codec_parameters_the_decoder_would_reject(tiny_run):
+    """The exporter runs the decoder's check on the transmitted codec state: a non-finite parameter
+    is an ExportError before any file exists, not a file nobody can decode."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nerfcodec_ns.scenefile.export import ExportError, build_bitstream
+
+    _, pipeline, _, _ = eval_setup(tiny_run, test_mode="inference")
+    outputs = pipeline.datamanager.train_dataparser_outputs
+    with torch.no_grad():
+        pipeline.model.codec.vectors[0][0, 0, 0] = float("nan")
+    with pytest.raises(ExportError, match="cannot be sent: vectors.0.scale holds non-finite values"):
+        build_bitstream(pipeline.model, outputs.cameras, outputs.dataparser_transform, outputs.dataparser_scale)
