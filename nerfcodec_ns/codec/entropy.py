@@ -65,7 +65,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 def large_allocations_kept():
     """Within the block, glibc serves large allocations from the heap and keeps freed memory, so the
     padded strings (megabytes each, allocated and freed per string) do not page-fault anew every time
-    (this halved the bounded decoding time here). Restores glibc's default thresholds and trims the
+    (docs/decoder_safety.md measures the whole decode). Restores glibc's default thresholds and trims the
     heap on exit; does nothing where glibc's ``mallopt`` is not available. Re-entrant: only the
     outermost block changes the settings (the decoder wraps all levels in one)."""
     global _KEPT_DEPTH

@@ -122,8 +122,8 @@ class PretrainConfig:
     """Learning rate at the last step (``schedule="cosine"``)."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Arithmetic of the transforms' convolutions in training: "bfloat16" runs g_a/g_s/h_a/h_s under
-    CPU/CUDA autocast with channels-last tensors (2.1x faster per step on this machine's AMX CPU,
-    docs/codec.md); the entropy models, the loss and the weights stay float32. Evaluation and the
+    CPU/CUDA autocast with channels-last tensors (2.5-4.0x faster per step on this machine's AMX CPU,
+    docs/backbone.md); the entropy models, the loss and the weights stay float32. Evaluation and the
     saved backbone are always float32."""
     init: str = ""
     """Start from the weights of this backbone file (same architecture, N, M) instead of random ones
