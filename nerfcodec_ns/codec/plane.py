@@ -8,7 +8,8 @@ three C-channel images):
   encoder side only);
 * ``g_s``: the backbone synthesis transform, frozen, whose last layer is replaced by a new
   content-specific *head* producing C channels (trainable, fake-quantized, transmitted);
-* ``h_a`` trainable, ``h_s`` frozen, ``entropy_bottleneck`` trainable (transmitted as float16),
+* ``h_a`` trainable, ``h_s`` frozen, ``entropy_bottleneck`` trainable (its quantized CDF tables are
+  transmitted; with ``exact_tables=False`` its float16 parameters),
   ``gaussian_conditional`` as in the backbone; for ``cheng2020-anchor`` also the trainable,
   transmitted ``context_prediction`` and ``entropy_parameters``;
 * per level: min/max normalisation to [0, 1] (float16 stats), zero padding to a multiple of 64,
@@ -36,6 +37,13 @@ from jaxtyping import Float, Int8
 from torch import Tensor, nn
 
 from nerfcodec_ns.codec.backbone import DYNAMIC_BUFFERS, BackboneInfo, load_backbone
+from nerfcodec_ns.codec.exact import (
+    BottleneckTables,
+    ExactHyperSynthesis,
+    bottleneck_tables,
+    load_bottleneck_tables,
+    load_gaussian_tables,
+)
 from nerfcodec_ns.codec.entropy import (
     bounded_bottleneck_decompress,
     bounded_decompress,
@@ -51,6 +59,9 @@ from nerfcodec_ns.field.field import PLANE_AXES
 PAD_MULTIPLE = 64
 #: Largest span (and magnitude) of the entropy bottleneck's quantiles: bounds its CDF tables' length.
 MAX_QUANTILE_SPAN = 1 << 14
+#: Longest transmitted bottleneck CDF table (CompressAI's ``_cdf_length``) a span of
+#: MAX_QUANTILE_SPAN gives: ceil of each half, the median's symbol and the tail's two entries.
+MAX_TABLE_LENGTH = MAX_QUANTILE_SPAN + 5
 #: Initial value of the x-axis compensation vectors (y and z start at 0; see ``PlaneCodec``).
 COMPENSATION_INIT = 0.1
 
@@ -226,6 +237,11 @@ class PlaneCodec(nn.Module):
         if self.architecture == "cheng2020-anchor":
             self.context_prediction = model.context_prediction
             self.entropy_parameters = model.entropy_parameters
+        #: Entropy-coding tables chosen the same on every CPU (scene-file format 3, codec/exact.py): the
+        #: shipped Gaussian tables, transmitted bottleneck tables and the fixed-point ``h_s``. False:
+        #: CompressAI's float tables (format 1 and 2 files, and cheng2020-anchor, whose context model
+        #: has no exact path).
+        self.exact_tables = self.architecture != "cheng2020-anchor"
 
         # the quantization gain in use (starts at config.latent_gain; rate control may retune it at the
         # end of training), kept in checkpoints and written to the scene file's header
@@ -393,8 +409,26 @@ class PlaneCodec(nn.Module):
             for p in module.parameters():
                 p.copy_(p.half().float())
         updated = self.entropy_bottleneck.update(force=force)
+        if self.exact_tables:
+            if updated or self.gaussian_conditional._offset.numel() == 0:
+                load_gaussian_tables(self.gaussian_conditional)
+            return updated
         updated |= self.gaussian_conditional.update_scale_table(get_scale_table(), force=force)
         return updated
+
+    def coding_params(self, z_hat: Tensor) -> Tensor:
+        """``h_s(z_hat)``, the parameters that choose the y tables: in fixed point with
+        ``exact_tables`` (bit-identical on every CPU), else the float network."""
+        if self.exact_tables:
+            return ExactHyperSynthesis(self.h_s)(z_hat).to(z_hat.device)
+        return self.h_s(z_hat)
+
+    def bottleneck_tables(self) -> BottleneckTables:
+        """The entropy bottleneck's tables as transmitted with ``exact_tables`` (runs :meth:`update`
+        when the tables are not built)."""
+        if not self._is_updated():
+            self.update(force=True)
+        return bottleneck_tables(self.entropy_bottleneck)
 
     def _is_updated(self) -> bool:
         return self.entropy_bottleneck._offset.numel() > 0 and self.gaussian_conditional._offset.numel() > 0
@@ -414,7 +448,7 @@ class PlaneCodec(nn.Module):
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        y_strings = self._compress_y(y, self.h_s(z_hat))
+        y_strings = self._compress_y(y, self.coding_params(z_hat))
         return CompressedLevel(y_strings, z_strings, tuple(z.shape[-2:]), tuple(x.shape[-2:]), R,
                                lo16.cpu(), hi16.cpu())
 
@@ -424,15 +458,22 @@ class PlaneCodec(nn.Module):
         R = compressed.resolution
         if R != self.resolutions[level]:
             raise ValueError(f"bitstream has R={R}, level {level} has R={self.resolutions[level]}")
+        device = self.entropy_bottleneck.quantiles.device
+        with reproducible_convolutions():
+            _, y_hat = self.decode_latents(compressed)
+            lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
+            return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+
+    @torch.no_grad()
+    def decode_latents(self, compressed: CompressedLevel) -> Tuple[Tensor, Tensor]:
+        """``(z_hat, y_hat)`` of one level: what the entropy decoder gives, before ``g_s``. With
+        ``exact_tables`` these are the same on every CPU."""
         if not self._is_updated():
             self.update(force=True)
-        device = self.entropy_bottleneck.quantiles.device
         with reproducible_convolutions():
             z_hat = bounded_bottleneck_decompress(self.entropy_bottleneck, compressed.z_strings,
                                                   compressed.z_shape)
-            y_hat = self._decompress_y(compressed.y_strings, self.h_s(z_hat))
-            lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
-            return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+            return z_hat, self._decompress_y(compressed.y_strings, self.coding_params(z_hat))
 
     def _compress_y(self, y: Tensor, params: Tensor) -> List[bytes]:
         gc, g = self.gaussian_conditional, self.gain
@@ -505,6 +546,8 @@ class PlaneCodec(nn.Module):
         for level in range(len(self.vectors)):
             state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"] = self.quantize_vectors(level)
         for name, p in self.named_parameters():
+            if name.startswith("entropy_bottleneck.") and self.exact_tables:
+                continue  # the bottleneck's tables are sent instead (bottleneck_tables)
             if name.startswith(("entropy_bottleneck.", "entropy_parameters.")) or (
                 name.startswith("context_prediction.") and name != "context_prediction.weight"
             ):
@@ -515,9 +558,13 @@ class PlaneCodec(nn.Module):
         return state
 
     @torch.no_grad()
-    def load_transmitted_state(self, state: Dict[str, Tensor]) -> None:
+    def load_transmitted_state(self, state: Dict[str, Tensor], tables: Optional[BottleneckTables] = None) -> None:
         """Decoder side: load :meth:`transmitted_state` into a codec built from the same backbone,
-        then rebuild the CDF tables."""
+        then the CDF tables: with ``exact_tables`` the transmitted bottleneck ``tables`` (checked
+        with :func:`~nerfcodec_ns.codec.exact.check_bottleneck_tables`) and the shipped Gaussian tables,
+        else rebuilt from the float parameters."""
+        if self.exact_tables and tables is None:
+            raise ValueError("a codec with exact tables needs the transmitted bottleneck tables")
         if self.config.adapt_heads:
             self.load_quantized_head(state["head.int8"], state["head.scale"], state["head.bias"])
         for level in range(len(self.vectors)):
@@ -531,7 +578,11 @@ class PlaneCodec(nn.Module):
                 cp.weight[cp.mask.bool()] = value.float()
             elif not name.startswith(("head.", "vectors.")):
                 params[name].copy_(value.float())
-        self.update(force=True)
+        if self.exact_tables:
+            load_bottleneck_tables(self.entropy_bottleneck, tables)
+            load_gaussian_tables(self.gaussian_conditional)
+        else:
+            self.update(force=True)
 
     @staticmethod
     def check_transmitted_state(state: Dict[str, Tensor]) -> None:
@@ -555,7 +606,8 @@ class PlaneCodec(nn.Module):
 
         Keys: ``head`` (int8 weights + float32 scales + float32 bias; 0 when the head is the frozen
         tiled pretrained layer), ``vectors.<level>`` (int8 + float32 scales), ``norm_stats`` (float16
-        min and max per plane and channel, all levels), ``entropy_bottleneck`` (float16), and for
+        min and max per plane and channel, all levels), ``entropy_bottleneck`` (its tables; float16
+        parameters without ``exact_tables``), and for
         cheng2020 ``context_model`` (float16 ``context_prediction`` unmasked weights + bias and
         ``entropy_parameters``).
         """
@@ -564,12 +616,24 @@ class PlaneCodec(nn.Module):
         for level in range(len(self.vectors)):
             sizes[f"vectors.{level}"] = sum(v for k, v in nbytes.items() if k.startswith(f"vectors.{level}."))
         sizes["norm_stats"] = len(self.resolutions) * 2 * 3 * self.num_channels * 2
-        sizes["entropy_bottleneck"] = sum(v for k, v in nbytes.items() if k.startswith("entropy_bottleneck."))
+        if self.exact_tables:  # medians (float16), offsets and lengths (int32), frequencies (uint16)
+            sizes["entropy_bottleneck"] = self._bottleneck_table_bytes()
+        else:
+            sizes["entropy_bottleneck"] = sum(v for k, v in nbytes.items() if k.startswith("entropy_bottleneck."))
         if self.autoregressive:
             sizes["context_model"] = sum(
                 v for k, v in nbytes.items() if k.startswith(("context_prediction.", "entropy_parameters."))
             )
         return sizes
+
+    def _bottleneck_table_bytes(self) -> int:
+        """Raw bytes of :meth:`bottleneck_tables` from the quantiles, without building the tables
+        (CompressAI's ``EntropyBottleneck.update`` arithmetic on the float16-snapped quantiles)."""
+        q = self.entropy_bottleneck.quantiles.detach().half().float()[:, 0, :]
+        minima = torch.ceil(q[:, 1] - q[:, 0]).clamp_min(0)
+        maxima = torch.ceil(q[:, 2] - q[:, 1]).clamp_min(0)
+        frequencies = int((minima + maxima + 2).sum())  # pmf_length + 1 (the tail) per channel
+        return 2 * frequencies + (2 + 4 + 4) * q.shape[0]
 
     # -- checkpoints -----------------------------------------------------------------------------
 

@@ -114,7 +114,8 @@ def _load_codec_state(codec: "PlaneCodec", bs: Bitstream) -> None:
     groups = [(f"vectors.{l}", [k for k in expected if k.startswith(f"vectors.{l}.")]) for l in range(len(codec.vectors))]
     if codec.config.adapt_heads:
         groups.append(("head", ["head.int8", "head.scale", "head.bias"]))
-    groups.append(("entropy_bottleneck", [k for k in expected if k.startswith("entropy_bottleneck.")]))
+    if not codec.exact_tables:  # else the section holds the tables (_bottleneck_tables)
+        groups.append(("entropy_bottleneck", [k for k in expected if k.startswith("entropy_bottleneck.")]))
     if codec.autoregressive:
         groups.append(("context_model", [k for k in expected if k.startswith(("context_prediction.", "entropy_parameters."))]))
     for section, keys in groups:
@@ -134,10 +135,30 @@ def _load_codec_state(codec: "PlaneCodec", bs: Bitstream) -> None:
         codec.check_transmitted_state(state)
     except ValueError as err:
         raise BitstreamError(f"codec parameters: {err}") from None
+    tables = _bottleneck_tables(codec, bs) if codec.exact_tables else None
     try:
-        codec.load_transmitted_state(state)
+        codec.load_transmitted_state(state, tables)
     except (RuntimeError, ValueError) as err:  # CompressAI's table building
         raise BitstreamError(f"codec parameters: cannot build the entropy tables ({_first_line(err)})") from None
+
+
+def _bottleneck_tables(codec: "PlaneCodec", bs: Bitstream):
+    """The ``entropy_bottleneck`` section of a ``tables="exact"`` file, checked."""
+    from nerfcodec_ns.codec.exact import BottleneckTables, check_bottleneck_tables
+    from nerfcodec_ns.codec.plane import MAX_TABLE_LENGTH
+
+    C = int(codec.entropy_bottleneck.channels)
+    biggest = (np.zeros(C, np.float16), np.zeros(C, np.int32), np.zeros(C, np.int32),
+               np.zeros(C * (MAX_TABLE_LENGTH - 1), np.uint16))
+    values = _arrays(bs, "entropy_bottleneck", len(encode_strings([encode_array(a) for a in biggest])))
+    if len(values) != 4:
+        raise BitstreamError(f"section 'entropy_bottleneck' holds {len(values)} arrays, expected 4 tables")
+    tables = BottleneckTables(*values)
+    try:
+        check_bottleneck_tables(tables, C, MAX_TABLE_LENGTH)
+    except ValueError as err:
+        raise BitstreamError(f"section 'entropy_bottleneck': {err}") from None
+    return tables
 
 
 def _first_line(err: BaseException) -> str:
@@ -195,6 +216,9 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
         torch.manual_seed(0)
         codec = PlaneCodec(config, h.field.channels, h.field.resolutions, backbone=backbone,
                            copy_backbone=False).eval()
+    if h.codec.tables == "exact" and not codec.exact_tables:
+        raise DecodeError(f"exact tables need a hyperprior backbone, the file names {h.backbone.architecture}")
+    codec.exact_tables = h.codec.tables == "exact"
     _load_codec_state(codec, bs)
     planes = []
     for level, shape in enumerate(h.levels):

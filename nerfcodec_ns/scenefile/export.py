@@ -7,7 +7,8 @@ the file atomically. ``ExportBitstream`` is the same command for ``ns-export ner
 
 Sections (``<l>`` = level, 0 coarsest): ``y.<l>``/``z.<l>`` (entropy-coded strings, one per plane),
 ``norm.<l>`` (float16 ``[2, 3, C]`` normalisation range), ``vectors.<l>`` (int8 + float32 scales),
-``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (float16 parameters),
+``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (its quantized tables;
+float16 parameters for ``tables="float"``),
 ``mlp`` (float16 weights in :meth:`TriplaneField.mlp_parameters` order), ``grid`` (occupancy bits),
 ``cameras`` (float32 ``[N, 3, 4]`` camera-to-world poses, LZMA).
 """
@@ -106,17 +107,20 @@ def camera_set(cameras: "Cameras", transform: torch.Tensor, scale: float) -> Cam
 
 @torch.no_grad()
 def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torch.Tensor, scale: float,
-                    packing: str = "lzma") -> Bitstream:
+                    packing: str = "lzma", tables: Optional[str] = None) -> Bitstream:
     """The scene file of a trained model: entropy-coded planes and every decoder-side part.
 
     ``packing``: how the codec's parameter sections are stored (``CodecSettings.packing``): ``lzma``
     (default; lossless, about 10% smaller head and entropy-bottleneck sections) or ``raw``.
 
-    The codec runs on the CPU so that the probability tables the encoder derives are computed by
-    the same code and hardware class as a CPU decoder's (see docs/bitstream.md, determinism).
+    ``tables``: how the entropy coder's tables are chosen (``CodecSettings.tables``): ``exact`` (the
+    same on every CPU; the default where the backbone allows it, i.e. not for cheng2020-anchor) or
+    ``float`` (CompressAI's float tables, as format-2 files have them).
     """
     if packing not in PACKINGS:
         raise ExportError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    if tables not in (None, "exact", "float"):
+        raise ExportError(f"tables must be exact or float, got {tables!r}")
 
     def params(*arrays: torch.Tensor) -> bytes:
         raw = _arrays(*arrays)
@@ -126,8 +130,11 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     if codec is None:
         raise ExportError("this run has no codec (pipeline.model.codec_enabled=False): nothing to compress")
     source = backbone_source(codec)  # refuses backbones a decoder cannot reproduce
+    if tables == "exact" and codec.architecture == "cheng2020-anchor":
+        raise ExportError("exact tables need a hyperprior backbone (cheng2020-anchor's context model has no exact path)")
     device = next(model.parameters()).device
-    was_training = model.training
+    was_training, was_exact = model.training, codec.exact_tables
+    codec.exact_tables = codec.architecture != "cheng2020-anchor" if tables is None else tables == "exact"
     model.eval()
     try:
         model.cpu()  # compress() refreshes the float16 snapping and CDF tables (update) per level
@@ -151,8 +158,20 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             sections.append(Section(f"vectors.{level}", params(state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"])))
         if codec.config.adapt_heads:
             sections.append(Section("head", params(state["head.int8"], state["head.scale"], state["head.bias"])))
-        eb = [v for k, v in state.items() if k.startswith("entropy_bottleneck.")]
-        sections.append(Section("entropy_bottleneck", params(*eb)))
+        if codec.exact_tables:  # the bottleneck's quantized tables: no float network at the decoder
+            from nerfcodec_ns.codec.exact import check_bottleneck_tables
+            from nerfcodec_ns.codec.plane import MAX_TABLE_LENGTH
+
+            tables = codec.bottleneck_tables()
+            try:
+                check_bottleneck_tables(tables, codec.entropy_bottleneck.channels, MAX_TABLE_LENGTH)
+            except ValueError as err:
+                raise ExportError(f"the entropy bottleneck's tables cannot be sent: {err}") from None
+            raw = encode_strings([encode_array(a) for a in tables.arrays()])
+            sections.append(Section("entropy_bottleneck", pack_smallest(raw) if packing == "lzma" else raw))
+        else:
+            eb = [v for k, v in state.items() if k.startswith("entropy_bottleneck.")]
+            sections.append(Section("entropy_bottleneck", params(*eb)))
         if codec.autoregressive:
             ctx = [v for k, v in state.items() if k.startswith(("context_prediction.", "entropy_parameters."))]
             sections.append(Section("context_model", params(*ctx)))
@@ -168,7 +187,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                             spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree),
             levels=tuple(levels),
             codec=CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
-                                codec.config.adapt_heads, codec.gain, packing),
+                                codec.config.adapt_heads, codec.gain, packing,
+                                "exact" if codec.exact_tables else "float"),
             render=RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
                 grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),
@@ -180,6 +200,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
         )
         return Bitstream(header, tuple(sections))
     finally:
+        codec.exact_tables = was_exact
         model.to(device)
         model.train(was_training)
 
@@ -260,7 +281,8 @@ def load_run(load_config: Path):
     return config, pipeline, step
 
 
-def export_run(load_config: Path, output_path: Path, overwrite: bool = False) -> ExportResult:
+def export_run(load_config: Path, output_path: Path, overwrite: bool = False,
+               tables: Optional[str] = None) -> ExportResult:
     """Load a trained run and write its scene file atomically (refuses to overwrite unless asked)."""
     output_path = Path(output_path)
     if output_path.exists() and not overwrite:
@@ -276,7 +298,8 @@ def export_run(load_config: Path, output_path: Path, overwrite: bool = False) ->
               "the codec is not trained on this scene yet", file=sys.stderr)
     outputs = pipeline.datamanager.train_dataparser_outputs
     t0 = time.perf_counter()
-    bs = build_bitstream(model, outputs.cameras, outputs.dataparser_transform, outputs.dataparser_scale)
+    bs = build_bitstream(model, outputs.cameras, outputs.dataparser_transform, outputs.dataparser_scale,
+                         tables=tables)
     data = pack(bs)
     try:
         path = write_atomic(output_path, data, overwrite=overwrite)

@@ -24,12 +24,16 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-FORMAT_VERSION = 2
-"""Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections)."""
-READABLE_VERSIONS = (1, 2)
-"""Versions this reader reads (a version-1 file has raw parameter sections only)."""
+FORMAT_VERSION = 3
+"""Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections), 3
+``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same)."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
+have float tables)."""
 PACKINGS = ("raw", "lzma")
 """Storage of the codec's parameter sections (``CodecSettings.packing``)."""
+TABLES = ("float", "exact")
+"""How the entropy coder's tables are chosen (``CodecSettings.tables``)."""
 #: Model identifier written by the current exporter (the header carries whatever the writer sets).
 MODEL_ID = "nerfcodec/triplane-v1"
 ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
@@ -281,6 +285,12 @@ class CodecSettings:
     ``context_model``) are stored: ``raw`` (as written by :func:`encode_strings`) or ``lzma`` (that
     payload through :func:`pack_smallest`: LZMA2 when it is smaller). Format-version-1 files have no
     such field and are read as ``raw``."""
+    tables: str = "float"
+    """How the entropy coder's tables are chosen: ``exact`` (format 3; the same on every CPU: shipped
+    Gaussian tables, the ``entropy_bottleneck`` section holds the bottleneck's quantized tables, scale
+    indexes from the fixed-point ``h_s``, ``nerfcodec_ns/codec/exact.py``) or ``float`` (CompressAI's
+    float tables; the section holds the bottleneck's float16 parameters). Files before format 3 have
+    no such field and are read as ``float``."""
 
     def __post_init__(self) -> None:
         o = "CodecSettings"
@@ -289,7 +299,8 @@ class CodecSettings:
              compensation=_bool(o, "compensation", self.compensation),
              adapt_heads=_bool(o, "adapt_heads", self.adapt_heads),
              latent_gain=_float(o, "latent_gain", self.latent_gain, MIN_LATENT_GAIN, hi=MAX_LATENT_GAIN),
-             packing=_str(o, "packing", self.packing, choices=PACKINGS))
+             packing=_str(o, "packing", self.packing, choices=PACKINGS),
+             tables=_str(o, "tables", self.tables, choices=TABLES))
 
 
 @dataclass(frozen=True)
@@ -482,7 +493,8 @@ def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
     """Inverse of :func:`encode_header`; any problem is a one-line :class:`BitstreamError`.
 
     ``version``: the file's format version. Version 1 headers have no ``codec.packing`` (read as
-    ``raw``); from version 2 on every field is required."""
+    ``raw``), versions 1 and 2 no ``codec.tables`` (read as ``float``); otherwise every field is
+    required."""
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(bytes(data), MAX_HEADER_JSON_BYTES + 1)
@@ -509,6 +521,10 @@ def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
         if "packing" in value["codec"]:
             raise BitstreamError("header: format version 1 has no codec.packing field")
         value["codec"]["packing"] = "raw"
+    if version < 3 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
+        if "tables" in value["codec"]:
+            raise BitstreamError(f"header: format version {version} has no codec.tables field")
+        value["codec"]["tables"] = "float"
     try:
         return _from_json(Header, value, "header")
     except BitstreamError as exc:

@@ -59,7 +59,7 @@ def as_bytes_view(data: Any) -> memoryview:
 
 
 #: dtype code byte of encode_array (an allow-list; codes are part of the format).
-DTYPE_CODES = {"int8": 1, "uint8": 2, "int16": 3, "int32": 4, "float16": 5, "float32": 6}
+DTYPE_CODES = {"int8": 1, "uint8": 2, "int16": 3, "int32": 4, "float16": 5, "float32": 6, "uint16": 7}
 _CODE_DTYPES = {code: np.dtype(name) for name, code in DTYPE_CODES.items()}
 MAX_ARRAY_NDIM = 16
 

@@ -145,7 +145,7 @@ def test_decoder_side_codec_from_transmitted_state(arch):
     expected = encoder.decompress(compressed, 0)
 
     decoder = make_codec(arch, C=4, resolutions=(20,), backbone=backbone, seed=7)  # different new layers
-    decoder.load_transmitted_state(encoder.transmitted_state())
+    decoder.load_transmitted_state(encoder.transmitted_state(), encoder.bottleneck_tables() if encoder.exact_tables else None)
     decoder.eval()
     assert torch.equal(decoder.decompress(compressed, 0), expected)
     assert torch.isfinite(expected).all()
@@ -351,8 +351,11 @@ def test_transmitted_sizes():
     assert sizes["head"] == 16 * C * 25 + 4 * C + 4 * C  # int8 deconv N->C 5x5, scales, bias
     assert sizes["vectors.0"] == 3 * C * 17 + 4 * 3 * C and sizes["vectors.1"] == 3 * C * 24 + 4 * 3 * C
     assert sizes["norm_stats"] == len(res) * 2 * 3 * C * 2
+    # exact tables: the transmitted tables' raw bytes, predicted from the quantiles without building them
+    assert sizes["entropy_bottleneck"] == sum(a.nbytes for a in codec.bottleneck_tables().arrays())
+    codec.exact_tables = False  # float tables: the float16 parameters
     eb_params = sum(p.numel() for p in codec.entropy_bottleneck.parameters())
-    assert sizes["entropy_bottleneck"] == 2 * eb_params
+    assert codec.transmitted_sizes()["entropy_bottleneck"] == 2 * eb_params
     assert "vectors.0" not in make_codec(C=C, resolutions=res, compensation=False).transmitted_sizes()
     cheng = make_codec("cheng2020-anchor", C=C, resolutions=res).transmitted_sizes()
     assert 0 < cheng["context_model"] < 2 * sum(

@@ -38,6 +38,16 @@ def source(tiny_nfc):
     return path.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def float_source(tiny_run, tmp_path_factory):
+    """The same run with CompressAI's float tables (``tables="float"``, the format-2 coding)."""
+    from nerfcodec_ns.scenefile.export import export_run
+
+    path = tmp_path_factory.mktemp("nfc_float") / "tiny_float.nfc"
+    export_run(tiny_run, path, tables="float")
+    return path.read_bytes()
+
+
 def _header(data: bytes) -> dict:
     return json.loads(zlib.decompress(fuzz.read_raw(data).header))
 
@@ -238,22 +248,63 @@ def test_nan_normalisation_stats_are_rejected(source, tmp_path, tiny_backbone):
     _rejected(tmp_path, data, tiny_backbone, "norm.0")
 
 
-def test_nan_in_entropy_bottleneck_is_the_projects_error(source, tmp_path, tiny_backbone):
-    """NaN in the entropy-bottleneck parameters raised CompressAI's own ValueError."""
-    arrays = _section_arrays(source, "entropy_bottleneck", packed=True)
+def test_nan_in_entropy_bottleneck_is_the_projects_error(float_source, tmp_path, tiny_backbone):
+    """NaN in the entropy-bottleneck parameters (float tables) raised CompressAI's own ValueError."""
+    arrays = _section_arrays(float_source, "entropy_bottleneck", packed=True)
     arrays[1] = arrays[1].copy()
     arrays[1].flat[0] = np.nan
-    data = _rewrite(source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
+    data = _rewrite(float_source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
     _rejected(tmp_path, data, tiny_backbone, "non-finite")
 
 
-def test_huge_quantiles_are_rejected_before_building_tables(source, tmp_path, tiny_backbone):
-    arrays = _section_arrays(source, "entropy_bottleneck", packed=True)
+def test_huge_quantiles_are_rejected_before_building_tables(float_source, tmp_path, tiny_backbone):
+    arrays = _section_arrays(float_source, "entropy_bottleneck", packed=True)
     q = next(i for i, a in enumerate(arrays) if a.ndim == 3 and a.shape[-1] == 3)
     arrays[q] = arrays[q].copy()
     arrays[q][..., 2] = np.float16(60000)
-    data = _rewrite(source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
+    data = _rewrite(float_source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
     _rejected(tmp_path, data, tiny_backbone, "quantiles")
+
+
+def test_float_tables_file_still_decodes(float_source, source, tmp_path, tiny_backbone):
+    """A file with CompressAI's float tables (how format-2 files are coded) decodes, to nearly the
+    same planes as the exact-tables file of the same run (the scale indexes differ in a few places,
+    so the encoders' roundings of y can too)."""
+    a = decode_file(_write(tmp_path, float_source, "float.nfc"), weights=tiny_backbone)
+    b = decode_file(_write(tmp_path, source, "exact.nfc"), weights=tiny_backbone)
+    assert _header(float_source)["codec"]["tables"] == "float" and _header(source)["codec"]["tables"] == "exact"
+    for pa, pb in zip(a.planes, b.planes):
+        assert (pa - pb).abs().mean() <= 1e-3 * (pb.abs().mean() + 1e-6) + 1e-6
+
+
+def _tables(data):
+    return _section_arrays(data, "entropy_bottleneck", packed=True)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda t: t[0].__setitem__(0, np.float16(np.nan)), "medians are not finite"),
+    (lambda t: t[3].__setitem__(0, 0), "frequencies must be >= 1"),  # a zero-width symbol
+    (lambda t: t[3].__setitem__(0, t[3][0] + 1), "sum to 2^16"),
+    (lambda t: t[2].__setitem__(0, 1 << 20), "lengths must be in"),  # a table longer than any span
+    (lambda t: t[1].__setitem__(0, 5), "offsets lie outside"),
+    (lambda t: t[1].__setitem__(0, -100000), "offsets lie outside"),
+])
+def test_damaged_bottleneck_tables_are_rejected(source, tmp_path, tiny_backbone, damage, fragment):
+    """Exact-tables files carry the bottleneck's CDF tables; the native coder never sees a table
+    that is not a strictly increasing CDF ending at 2^16 with offsets inside it."""
+    arrays = [a.copy() for a in _tables(source)]
+    damage(arrays)
+    data = _rewrite(source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
+    _rejected(tmp_path, data, tiny_backbone, fragment)
+
+
+def test_bottleneck_tables_with_wrong_arrays_are_rejected(source, tmp_path, tiny_backbone):
+    arrays = _tables(source)
+    data = _rewrite(source, sections={"entropy_bottleneck": _section_from_arrays(arrays[:3], packed=True)})
+    _rejected(tmp_path, data, tiny_backbone, "expected 4 tables")
+    arrays[3] = arrays[3].astype(np.int32)
+    data = _rewrite(source, sections={"entropy_bottleneck": _section_from_arrays(arrays, packed=True)})
+    _rejected(tmp_path, data, tiny_backbone, "frequencies")
 
 
 def test_decoded_planes_must_be_finite(source, tmp_path, tiny_backbone):

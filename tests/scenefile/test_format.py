@@ -208,7 +208,7 @@ def test_format_modules_do_not_import_torch():
         "sys.modules['nerfcodec_ns'] = pkg  # the package __init__ imports torch (checkpoint shims)\n"
         "from nerfcodec_ns import atomic\n"
         "from nerfcodec_ns.scenefile import cameras, container, header, payload\n"
-        "assert container.MAGIC and header.FORMAT_VERSION == 2 and payload.decode_array and cameras.decode_poses\n"
+        "assert container.MAGIC and header.FORMAT_VERSION == 3 and payload.decode_array and cameras.decode_poses\n"
         "print('torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -430,8 +430,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=3)) == (
-        "unsupported format version 3 (this reader knows 1, 2)")
+    assert error_of(frame(header, sections, version=4)) == (
+        "unsupported format version 4 (this reader knows 1, 2, 3)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -637,7 +637,7 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"NFC\x00\x07\x00")
     with pytest.raises(BitstreamError) as info:
         read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2)"
+    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3)"
 
 
 def test_version_1_files_still_read_and_cannot_claim_packed_sections():
@@ -646,11 +646,22 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
     import json as _json
 
     sections = [("y.0", b"abc")]
-    legacy = _json.loads(header_json(make_header()))
-    del legacy["codec"]["packing"]  # what a version-1 writer produced
-    text = _json.dumps(legacy, sort_keys=True, separators=(",", ":")).encode("ascii")
-    back = unpack(frame(zlib.compress(text), sections, version=1))
-    assert back.header == make_header() and back.header.codec.packing == "raw"
-    packed = encode_header(make_header(codec=CodecSettings(8, 8, True, True, 1.0, "lzma")))
-    assert unpack(frame(packed, sections, version=2)).header.codec.packing == "lzma"
-    assert error_of(frame(packed, sections, version=1)) == "header: format version 1 has no codec.packing field"
+
+    def legacy_header(drop, **codec):
+        value = _json.loads(header_json(make_header(codec=CodecSettings(8, 8, True, True, 1.0, **codec))))
+        for name in drop:
+            del value["codec"][name]
+        return zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
+
+    back = unpack(frame(legacy_header(("packing", "tables")), sections, version=1))  # what a version-1 writer produced
+    assert back.header == make_header() and back.header.codec.packing == "raw" and back.header.codec.tables == "float"
+    packed = legacy_header(("tables",), packing="lzma")  # a version-2 writer's
+    back = unpack(frame(packed, sections, version=2))
+    assert back.header.codec.packing == "lzma" and back.header.codec.tables == "float"
+    assert error_of(frame(legacy_header(("tables",)), sections, version=1)) == (
+        "header: format version 1 has no codec.packing field")
+    # format 3 names its tables; versions before it cannot
+    exact = encode_header(make_header(codec=CodecSettings(8, 8, True, True, 1.0, "lzma", "exact")))
+    assert unpack(frame(exact, sections, version=3)).header.codec.tables == "exact"
+    assert error_of(frame(exact, sections, version=2)) == "header: format version 2 has no codec.tables field"
+    assert "missing field 'tables'" in error_of(frame(legacy_header(("tables",)), sections, version=3))
