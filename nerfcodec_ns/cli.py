@@ -215,6 +215,39 @@ class Decode:
 
 
 @dataclass
+class Upgrade:
+    """Re-code a scene file with float tables (formats 1 and 2) with the tables every CPU chooses the
+    same (format 3), losslessly: the same latent symbols, so the same decoded scene."""
+
+    scene: tyro.conf.Positional[Path]
+    """The old scene file."""
+    output: tyro.conf.Positional[Path]
+    """The upgraded scene file to write."""
+    weights: Optional[Path] = None
+    """Backbone weights file, when the file's backbone is neither the embedded one nor CompressAI's zoo."""
+    overwrite: bool = False
+    """Replace an existing OUTPUT."""
+
+    def main(self) -> None:
+        from nerfcodec_ns.atomic import write_atomic
+        from nerfcodec_ns.scenefile.container import pack, read_file
+        from nerfcodec_ns.scenefile.upgrade import upgrade_bitstream
+
+        if self.output.exists() and not self.overwrite:
+            raise UserError(f"output exists: {self.output} (pass --overwrite to replace it)")
+        _check_output_file(self.output)
+        result = upgrade_bitstream(read_file(self.scene), self.weights)
+        data = pack(result.bitstream)
+        write_atomic(self.output, data, overwrite=self.overwrite)
+        old = self.scene.stat().st_size
+        _print_table("nerfcodec upgrade", ["", "value"], [
+            ("old file", f"{self.scene} ({old:,} bytes, float tables)"),
+            ("new file", f"{self.output} ({len(data):,} bytes, exact tables, {len(data) - old:+,} bytes)"),
+            ("latent symbols re-coded", f"{result.symbols:,} in {result.levels} levels (all decoded back and checked)"),
+        ])
+
+
+@dataclass
 class Info:
     """Sizes of a scene file's parts: every byte of the file is in exactly one row."""
 
@@ -312,6 +345,7 @@ Commands = Union[
     Annotated[ExportBitstream, tyro.conf.subcommand(name="export")],
     Annotated[Decode, tyro.conf.subcommand(name="decode")],
     Annotated[Info, tyro.conf.subcommand(name="info")],
+    Annotated[Upgrade, tyro.conf.subcommand(name="upgrade")],
     Annotated[Bench, tyro.conf.subcommand(name="bench")],
 ]
 

@@ -84,3 +84,32 @@ def tiny_nfc(tiny_run, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
     return path, export_run(tiny_run, path)
+
+
+@pytest.fixture(scope="session")
+def embedded_nfc(tiny_scene, tmp_path_factory) -> Path:
+    """A short run with the shipped (embedded) backbone, exported: its pretrained ``h_s`` spreads the
+    latents' scales over the whole table, unlike the random tiny backbone's."""
+    from nerfcodec_ns.scenefile.export import export_run
+
+    out = tmp_path_factory.mktemp("runs_embedded")
+    res = run_cli([
+        str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
+        "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
+        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS, "blender-data",
+    ])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    path = tmp_path_factory.mktemp("nfc_embedded") / "embedded.nfc"
+    export_run(out / "tiny" / "nerfcodec" / "t0" / "config.yml", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_float_nfc(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run exported with CompressAI's float tables (``tables="float"``: how format-1/2 files
+    were coded)."""
+    from nerfcodec_ns.scenefile.export import export_run
+
+    path = tmp_path_factory.mktemp("nfc_float") / "tiny_float.nfc"
+    export_run(tiny_run, path, tables="float")
+    return path

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -195,10 +195,23 @@ def decode_bitstream(bs: Bitstream, weights: Optional[Path] = None) -> DecodedSc
         raise DecodeError(f"cannot decode the scene file ({type(err).__name__}: {_first_line(err)})") from None
 
 
-def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
-    from nerfcodec_ns.codec.plane import CompressedLevel, PlaneCodec
+def decode_latents(bs: Bitstream, weights: Optional[Path] = None) -> List[Tuple[Tensor, Tensor]]:
+    """``(z_hat, y_hat)`` of every level, as the entropy decoder gives them (before ``g_s``): what must
+    be the same on every CPU (tests/scenefile/test_cross_isa.py). Same checks and errors as
+    :func:`decode_bitstream`."""
+    try:
+        codec = _codec_for(bs, weights)
+        return [codec.decode_latents(_compressed_level(bs, level)) for level in range(len(bs.header.levels))]
+    except (DecodeError, BitstreamError):
+        raise
+    except Exception as err:
+        raise DecodeError(f"cannot decode the scene file ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _codec_for(bs: Bitstream, weights: Optional[Path]) -> "PlaneCodec":
+    """The decoder's codec for a file: its backbone, settings and transmitted parts, checked."""
+    from nerfcodec_ns.codec.plane import PlaneCodec
     from nerfcodec_ns.codec.settings import CodecConfig
-    from nerfcodec_ns.field.field import TriplaneField
 
     h = bs.header
     if h.model_id != MODEL_ID:
@@ -220,19 +233,35 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
         raise DecodeError(f"exact tables need a hyperprior backbone, the file names {h.backbone.architecture}")
     codec.exact_tables = h.codec.tables == "exact"
     _load_codec_state(codec, bs)
+    return codec
+
+
+def _compressed_level(bs: Bitstream, level: int):
+    """Level ``level``'s strings, shapes and normalisation ranges, checked."""
+    from nerfcodec_ns.codec.plane import CompressedLevel
+
+    h, shape = bs.header, bs.header.levels[level]
+    y, z = decode_strings(bs.section(f"y.{level}")), decode_strings(bs.section(f"z.{level}"))
+    if len(y) != 3 or len(z) != 3:
+        raise BitstreamError(f"level {level}: expected 3 y and 3 z strings, got {len(y)} and {len(z)}")
+    norm = decode_array(bs.section(f"norm.{level}"))
+    if norm.dtype != np.float16 or norm.shape != (2, 3, h.field.channels):
+        raise BitstreamError(f"section 'norm.{level}': expected float16 (2, 3, {h.field.channels}), "
+                             f"got {norm.dtype} {norm.shape}")
+    norm_t = torch.from_numpy(norm)
+    if not bool(torch.isfinite(norm_t).all()) or bool((norm_t[0].float() > norm_t[1].float()).any()):
+        raise BitstreamError(f"section 'norm.{level}': normalisation ranges must be finite with min <= max")
+    return CompressedLevel(y, z, shape.z_shape, shape.padded_shape, shape.resolution, norm_t[0], norm_t[1])
+
+
+def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
+    from nerfcodec_ns.field.field import TriplaneField
+
+    h = bs.header
+    codec = _codec_for(bs, weights)
     planes = []
-    for level, shape in enumerate(h.levels):
-        y, z = decode_strings(bs.section(f"y.{level}")), decode_strings(bs.section(f"z.{level}"))
-        if len(y) != 3 or len(z) != 3:
-            raise BitstreamError(f"level {level}: expected 3 y and 3 z strings, got {len(y)} and {len(z)}")
-        norm = decode_array(bs.section(f"norm.{level}"))
-        if norm.dtype != np.float16 or norm.shape != (2, 3, h.field.channels):
-            raise BitstreamError(f"section 'norm.{level}': expected float16 (2, 3, {h.field.channels}), "
-                                 f"got {norm.dtype} {norm.shape}")
-        norm_t = torch.from_numpy(norm)
-        if not bool(torch.isfinite(norm_t).all()) or bool((norm_t[0].float() > norm_t[1].float()).any()):
-            raise BitstreamError(f"section 'norm.{level}': normalisation ranges must be finite with min <= max")
-        comp = CompressedLevel(y, z, shape.z_shape, shape.padded_shape, shape.resolution, norm_t[0], norm_t[1])
+    for level in range(len(h.levels)):
+        comp = _compressed_level(bs, level)
         try:
             plane = codec.decompress(comp, level).contiguous()
         except (RuntimeError, ValueError) as err:

@@ -39,13 +39,9 @@ def source(tiny_nfc):
 
 
 @pytest.fixture(scope="module")
-def float_source(tiny_run, tmp_path_factory):
+def float_source(tiny_float_nfc):
     """The same run with CompressAI's float tables (``tables="float"``, the format-2 coding)."""
-    from nerfcodec_ns.scenefile.export import export_run
-
-    path = tmp_path_factory.mktemp("nfc_float") / "tiny_float.nfc"
-    export_run(tiny_run, path, tables="float")
-    return path.read_bytes()
+    return tiny_float_nfc.read_bytes()
 
 
 def _header(data: bytes) -> dict:
