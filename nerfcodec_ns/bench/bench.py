@@ -92,6 +92,12 @@ class BenchConfig:
     adapt_heads: bool = True
     """NeRFCodec points with trained (transmitted) encoder-input and decoder-output layers; False: the
     backbone's RGB layers tiled over the channels, frozen and not transmitted (CodecConfig.adapt_heads)."""
+    head_init: str = "random"
+    """Start of the adapted layers (CodecConfig.head_init): "random" or "pretrained" (the tiled RGB
+    layers, then trained)."""
+    train_precision: str = "float32"
+    """Arithmetic of the codec's transforms in training (CodecConfig.train_precision): "float32" or
+    "bfloat16" (faster on CPUs with AMX/AVX-512 BF16; files and decoding are float32 either way)."""
     baselines: bool = True
     """Run the baseline coders."""
     baseline_families: Tuple[str, ...] = ()
@@ -213,8 +219,9 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     tc = copy.deepcopy(base_cfg)
     m = tc.pipeline.model
     m.codec_enabled = True
-    m.codec = codec if codec is not None else CodecConfig(weights=cfg.weights, clip_sigmas=cfg.clip_sigmas,
-                                                          adapt_heads=cfg.adapt_heads)
+    m.codec = codec if codec is not None else CodecConfig(
+        weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
+        train_precision=cfg.train_precision)
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field
