@@ -1,11 +1,11 @@
 """What the exact tables (scene-file format 3) cost, and what the float synthesis still varies, across ISAs.
 
-For each scene file with float tables (format 1/2, or ``tables="float"``) given:
+For each scene file given; a file with float tables (format 1/2, or ``tables="float"``) is also
+re-coded with exact tables (``nerfcodec upgrade``: the same symbols), and both are measured:
 
-* ``nerfcodec upgrade``'s re-coding of it with exact tables (same symbols): bytes of both files and
-  of their ``entropy_bottleneck`` and ``y.*`` sections;
-* decode time of both (in-process, one thread, the median of ``--repeats``);
-* each file decoded in subprocesses under ``ATEN_CPU_CAPABILITY``/``ONEDNN_MAX_CPU_ISA`` = default
+* bytes of the file and of its ``entropy_bottleneck`` and ``y.*`` sections;
+* decode time (in-process, one thread, the median of ``--repeats``);
+* the file decoded in subprocesses under ``ATEN_CPU_CAPABILITY``/``ONEDNN_MAX_CPU_ISA`` = default
   (no vector extensions), AVX2 and the machine's best: SHA-256 of the latents, the largest difference
   of the decoded planes from the best-ISA decode, and the PSNR of the decoded scene rendered on
   ``--eval-images`` evenly spaced val images (when ``--data`` is given).
@@ -66,7 +66,7 @@ print(json.dumps(out))
 @dataclass
 class Args:
     files: tyro.conf.Positional[List[Path]]
-    """Scene files with float tables (each is upgraded to exact tables for the comparison)."""
+    """Scene files (those with float tables are also upgraded to exact tables, for the comparison)."""
     data: Optional[Path] = None
     """Blender-format data set of the files' scene, for the rendered PSNR (val split)."""
     eval_images: int = 20
@@ -120,13 +120,14 @@ def main(args: Args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for src in args.files:
             bs = read_file(src)
-            if bs.header.codec.tables != "float":
-                raise SystemExit(f"{src}: give files with float tables (it has {bs.header.codec.tables})")
-            exact_path = Path(tmp) / f"{src.stem}.exact.nfc"
-            up = upgrade_bitstream(bs, args.weights)
-            write_atomic(exact_path, pack(up.bitstream))
             entry = {"file": str(src), "variants": {}}
-            for name, path in (("float", Path(src)), ("exact", exact_path)):
+            if bs.header.codec.tables == "float":  # also its lossless upgrade, for the cost
+                exact_path = Path(tmp) / f"{src.stem}.exact.nfc"
+                write_atomic(exact_path, pack(upgrade_bitstream(bs, args.weights).bitstream))
+                variants = (("float", Path(src)), ("exact", exact_path))
+            else:
+                variants = (("exact", Path(src)),)
+            for name, path in variants:
                 b = read_file(path)
                 v = {
                     "bytes": path.stat().st_size,
@@ -146,9 +147,10 @@ def main(args: Args) -> None:
                     print(name, isa, r, flush=True)
                 v["latents_identical_across_isas"] = len({r["latents_sha256"] for r in v["isas"].values()}) == 1
                 entry["variants"][name] = v
-            f, e = entry["variants"]["float"], entry["variants"]["exact"]
-            entry["exact_minus_float_bytes"] = e["bytes"] - f["bytes"]
-            entry["exact_minus_float_decode_ms"] = round(1000 * (e["decode_s"] - f["decode_s"]), 1)
+            if "float" in entry["variants"]:
+                f, e = entry["variants"]["float"], entry["variants"]["exact"]
+                entry["exact_minus_float_bytes"] = e["bytes"] - f["bytes"]
+                entry["exact_minus_float_decode_ms"] = round(1000 * (e["decode_s"] - f["decode_s"]), 1)
             results.append(entry)
     out = {
         "command": "python benchmarks/cross_isa.py " + " ".join(sys.argv[1:]),
