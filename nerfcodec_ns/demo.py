@@ -12,6 +12,8 @@ Everything goes into one output folder:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import shutil
@@ -77,20 +79,50 @@ def estimated_size(model) -> Dict[str, float]:
             "total_bytes_est": sum(parts.values())}
 
 
-def save_comparison(pipeline, out_png: Path) -> None:
-    """Render the first test view and save ground truth | rendering side by side."""
+#: Side of each panel of the demo's comparison image (px).
+PANEL_PX = 400
+
+
+@contextlib.contextmanager
+def planes_uncompressed(model):
+    """Within the block, ``model`` renders its own planes, not the codec's decoded ones (the field
+    uncompressed); its codec stage is put back on exit."""
+    stage = model.codec_stage.clone()
+    model.codec_stage.fill_(0)
+    try:
+        yield model
+    finally:
+        model.codec_stage.copy_(stage)
+
+
+def save_comparison(pipeline, decoded_model, spec, out_png: Path, panel: int = PANEL_PX) -> Path:
+    """The first test view at ``panel`` px: ground truth | the trained field uncompressed | the scene
+    decoded from its file. The ground truth is rendered from the procedural scene at that size, the
+    two fields from the test camera rescaled to it, all over the model's background colour."""
+    import dataclasses
+
     import numpy as np
     import torch
     from PIL import Image
 
-    dm = pipeline.datamanager
+    from nerfcodec_ns.atomic import write_atomic
+    from nerfcodec_ns.scene import build_scene, camera_poses, render_view
+
+    big = dataclasses.replace(spec, resolution=panel)
+    rgba = render_view(build_scene(spec.seed), camera_poses(spec)["test"][0], big).astype(np.float32) / 255.0
+    background = 1.0 if pipeline.model.config.background_color == "white" else 0.0
+    gt = torch.from_numpy(rgba[..., :3] * rgba[..., 3:] + background * (1.0 - rgba[..., 3:]))
+    camera = copy.deepcopy(pipeline.datamanager.eval_dataset.cameras[0:1])
+    camera.rescale_output_resolution(panel / float(camera.width[0, 0]))
     pipeline.eval()  # nerfstudio's evaluation leaves the pipeline in training mode
-    camera = dm.eval_dataset.cameras[0:1].to(pipeline.device)
+    renders = []
     with torch.no_grad():
-        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].clamp(0, 1).cpu()
-    gt = dm.eval_dataset.get_image_float32(0)[..., :3]
-    img = (torch.cat([gt, rgb], dim=1).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(img).save(out_png)
+        with planes_uncompressed(pipeline.model) as model:
+            renders.append(model.get_outputs_for_camera(camera.to(pipeline.device))["rgb"].clamp(0, 1).cpu())
+        decoded_model.eval()
+        renders.append(decoded_model.get_outputs_for_camera(camera.to(pipeline.device))["rgb"].clamp(0, 1).cpu())
+    img = (torch.cat([gt, *renders], dim=1).numpy() * 255).round().astype(np.uint8)
+    return write_atomic(out_png, lambda f: Image.fromarray(img).save(f, format="PNG"), overwrite=True)
 
 
 def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: int = 0, overwrite: bool = False) -> Dict:
@@ -124,11 +156,13 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     CONSOLE.rule("[bold]3/5 evaluation (ns-eval equivalent, test views)")
     from nerfstudio.utils.eval_utils import eval_setup
 
-    _, pipeline, _, step = eval_setup(config_path, test_mode="test")  # loaded once, used twice
+    _, pipeline, _, step = eval_setup(config_path, test_mode="test")  # loaded once, used three times
     metrics = evaluate_run(pipeline, step)
+    with planes_uncompressed(pipeline.model):
+        uncompressed = evaluate_run(pipeline, step)
     pipeline.eval()
     sizes = estimated_size(pipeline.model)
-    save_comparison(pipeline, output_dir / "render.png")
+    trained_model = pipeline.model
     ckpts = sorted((config_path.parent / "nerfstudio_models").glob("*.ckpt"))
 
     CONSOLE.rule("[bold]4/5 export: nerfcodec export")
@@ -150,12 +184,15 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     CONSOLE.print(f"decoded in {decoded.decode_seconds:.2f} s; run folder written in {decoded.write_seconds:.1f} s")
     pipeline._model = decoded.model.to(pipeline.device)  # the decoded scene, same test views
     decoded_metrics = evaluate_run(pipeline, step)
+    pipeline._model = trained_model
+    comparison = save_comparison(pipeline, decoded.model, spec, output_dir / "render.png")
     summary = {
         "scene": str(scene),
         "config": str(config_path),
         "steps": steps,
         "train_wall_s": round(train_s, 1),
         "test_psnr_db": round(metrics["psnr"], 2),
+        "uncompressed_test_psnr_db": round(uncompressed["psnr"], 2),
         "test_ssim": round(metrics["ssim"], 4),
         "test_lpips": round(metrics["lpips"], 4) if "lpips" in metrics else None,
         "checkpoint_bytes": ckpts[-1].stat().st_size if ckpts else None,
@@ -166,6 +203,7 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
         "decode_s": round(decoded.decode_seconds, 3),
         "decoded_config": str(decoded.config_path),
         "decoded_test_psnr_db": round(decoded_metrics["psnr"], 2),
+        "comparison_image": str(comparison),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -173,7 +211,10 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     table.add_row("scene", summary["scene"])
     table.add_row("trained run (config.yml)", summary["config"])
     table.add_row("steps / wall time", f"{steps} / {train_s:.0f} s (incl. ~15 s start-up)")
-    table.add_row("test PSNR (decoded planes)", f"{summary['test_psnr_db']:.2f} dB")
+    table.add_row("test PSNR: uncompressed | decoded from the file",
+                  f"{summary['uncompressed_test_psnr_db']:.2f} dB | {summary['decoded_test_psnr_db']:.2f} dB "
+                  f"({summary['decoded_test_psnr_db'] - summary['uncompressed_test_psnr_db']:+.2f} dB)")
+    table.add_row("test PSNR in training (decoded planes)", f"{summary['test_psnr_db']:.2f} dB")
     table.add_row("test SSIM", f"{summary['test_ssim']:.4f}")
     table.add_row("test LPIPS", "unavailable (offline)" if summary["test_lpips"] is None else f"{summary['test_lpips']:.4f}")
     if "total_bytes_est" in sizes:
@@ -183,9 +224,8 @@ def run_demo(output_dir: Path, steps: int = 1000, resolution: int = 100, seed: i
     table.add_row("checkpoint size", f"{summary['checkpoint_bytes'] / 1e6:.1f} MB" if ckpts else "-")
     table.add_row("scene file", f"{nfc}: {exported.num_bytes / 1e3:.1f} kB "
                   f"({sizes['planes_float32_bytes'] / exported.num_bytes:.0f}x smaller than the planes)")
-    table.add_row("test PSNR decoded from the file", f"{summary['decoded_test_psnr_db']:.2f} dB")
     table.add_row("decode time", f"{decoded.decode_seconds:.2f} s")
-    table.add_row("comparison image", str(output_dir / "render.png"))
+    table.add_row("comparison image", f"{comparison} (ground truth | uncompressed | decoded, {PANEL_PX} px each)")
     table.add_row("view the decoded scene", f"ns-viewer --load-config {decoded.config_path}")
     CONSOLE.print(table)
     return summary
