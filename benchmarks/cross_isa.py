@@ -30,11 +30,7 @@ from typing import Dict, List, Optional
 
 import tyro
 
-ISAS = {
-    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "best": {},
-}
+from nerfcodec_ns.codec.exact import ISA_ENVIRONMENTS as ISAS, isa_environment
 
 CHILD = r"""
 import hashlib, json, sys, warnings
@@ -99,8 +95,7 @@ def _decode_seconds(path: Path, weights: Optional[Path], repeats: int) -> float:
 
 
 def _child(path: Path, args: Args, isa: str, planes_out: Path) -> Dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
-    env.update(ISAS[isa], OMP_NUM_THREADS="1")
+    env = isa_environment(isa, os.environ)
     res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.weights or ""), str(args.data or ""),
                           str(args.eval_images if args.data else 0), str(planes_out)],
                          capture_output=True, text=True, env=env, timeout=3600)

@@ -45,6 +45,22 @@ GAUSSIAN_TABLES_FILE = Path(__file__).resolve().parent / "weights" / "gaussian_t
 GAUSSIAN_TABLES_SHA256 = "6fa877a5ff62cb9910919dc0bf8bebb204816b44e3d8d512370c2cd05409b01d"
 
 
+#: Environment variables that restrict PyTorch's and oneDNN's CPU kernels to an instruction set (for
+#: decoding under each in a subprocess: tests/scenefile/test_cross_isa.py, benchmarks/cross_isa.py).
+ISA_ENVIRONMENTS = {
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "best": {},
+}
+
+
+def isa_environment(isa: str, base: dict) -> dict:
+    """``base`` (e.g. ``os.environ``) with the kernels restricted to ``isa`` and one OpenMP thread."""
+    env = {k: v for k, v in base.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    env.update(ISA_ENVIRONMENTS[isa], OMP_NUM_THREADS="1")
+    return env
+
+
 class ExactRangeError(ValueError):
     """An input whose fixed-point hyper-synthesis could leave the exactly representable range."""
 

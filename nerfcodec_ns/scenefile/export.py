@@ -167,8 +167,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                 check_bottleneck_tables(tables, codec.entropy_bottleneck.channels, MAX_TABLE_LENGTH)
             except ValueError as err:
                 raise ExportError(f"the entropy bottleneck's tables cannot be sent: {err}") from None
-            raw = encode_strings([encode_array(a) for a in tables.arrays()])
-            sections.append(Section("entropy_bottleneck", pack_smallest(raw) if packing == "lzma" else raw))
+            sections.append(bottleneck_section(tables, packing))
         else:
             eb = [v for k, v in state.items() if k.startswith("entropy_bottleneck.")]
             sections.append(Section("entropy_bottleneck", params(*eb)))
@@ -203,6 +202,12 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
         codec.exact_tables = was_exact
         model.to(device)
         model.train(was_training)
+
+
+def bottleneck_section(tables, packing: str) -> Section:
+    """The ``entropy_bottleneck`` section of a ``tables="exact"`` file (``BottleneckTables``)."""
+    raw = encode_strings([encode_array(a) for a in tables.arrays()])
+    return Section("entropy_bottleneck", pack_smallest(raw) if packing == "lzma" else raw)
 
 
 def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_dtype: torch.dtype = torch.float16):

@@ -24,7 +24,8 @@ import torch
 from nerfcodec_ns.scenefile.container import Bitstream, Section
 from nerfcodec_ns.scenefile.decode import DecodeError, _codec_for, _compressed_level, _first_line
 from nerfcodec_ns.scenefile.header import BitstreamError
-from nerfcodec_ns.scenefile.payload import encode_array, encode_strings, pack_smallest
+from nerfcodec_ns.scenefile.export import bottleneck_section
+from nerfcodec_ns.scenefile.payload import encode_strings
 
 
 class UpgradeResult(NamedTuple):
@@ -76,9 +77,8 @@ def upgrade_bitstream(bs: Bitstream, weights: Optional[Path] = None) -> UpgradeR
         raise
     except Exception as err:
         raise DecodeError(f"cannot upgrade the scene file ({type(err).__name__}: {_first_line(err)})") from None
-    raw = encode_strings([encode_array(a) for a in tables.arrays()])
     replaced = {s.name: s for s in y_sections}
-    replaced["entropy_bottleneck"] = Section("entropy_bottleneck", pack_smallest(raw) if h.codec.packing == "lzma" else raw)
+    replaced["entropy_bottleneck"] = bottleneck_section(tables, h.codec.packing)
     sections = tuple(replaced.get(s.name, s) for s in bs.sections)
     header = replace(h, codec=replace(h.codec, tables="exact"))
     return UpgradeResult(Bitstream(header, sections), len(levels), count)

@@ -16,11 +16,7 @@ import sys
 
 import pytest
 
-ISAS = {
-    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "best": {},
-}
+from nerfcodec_ns.codec.exact import isa_environment
 
 SCRIPT = r"""
 import hashlib, json, sys, warnings
@@ -45,9 +41,8 @@ print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "latent
 """
 
 
-def _decode(path, env_extra, perturb=0.0, weights=""):
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
-    env.update(env_extra, OMP_NUM_THREADS="1")
+def _decode(path, isa, perturb=0.0, weights=""):
+    env = isa_environment(isa, os.environ)
     res = subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(weights), str(perturb)],
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -56,7 +51,7 @@ def _decode(path, env_extra, perturb=0.0, weights=""):
 
 @pytest.fixture(scope="module")
 def reference(embedded_nfc):
-    return _decode(embedded_nfc, ISAS["best"])
+    return _decode(embedded_nfc, "best")
 
 
 def test_the_file_uses_many_tables(embedded_nfc):
@@ -76,11 +71,11 @@ def test_latents_are_identical_under_every_instruction_set(embedded_nfc, referen
     assert not reference["latents"].startswith("error"), reference
     seen = {"best": reference}
     for name in ("default", "avx2"):
-        seen[name] = _decode(embedded_nfc, ISAS[name])
+        seen[name] = _decode(embedded_nfc, name)
     assert seen["default"]["capability"] == "DEFAULT"  # the restriction took effect
     assert {v["latents"] for v in seen.values()} == {reference["latents"]}, seen
 
 
 def test_the_latent_comparison_fails_for_a_perturbed_scale_path(embedded_nfc, reference):
-    perturbed = _decode(embedded_nfc, ISAS["best"], perturb=1e-3)
+    perturbed = _decode(embedded_nfc, "best", perturb=1e-3)
     assert perturbed["latents"] != reference["latents"], perturbed
