@@ -95,6 +95,9 @@ class BenchConfig:
     head_init: str = "random"
     """Start of the adapted layers (CodecConfig.head_init): "random" or "pretrained" (the tiled RGB
     layers, then trained)."""
+    mix_images: int = 0
+    """Channel mixing (CodecConfig.mix_images): 0 off; k: each plane mixed into k RGB images coded with
+    the backbone's own RGB layers, mixed back by a transmitted 1x1 map."""
     train_precision: str = "float32"
     """Arithmetic of the codec's transforms in training (CodecConfig.train_precision): "float32" or
     "bfloat16" (faster on CPUs with AMX/AVX-512 BF16; files and decoding are float32 either way)."""
@@ -221,7 +224,7 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     m.codec_enabled = True
     m.codec = codec if codec is not None else CodecConfig(
         weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
-        train_precision=cfg.train_precision)
+        train_precision=cfg.train_precision, mix_images=cfg.mix_images)
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field

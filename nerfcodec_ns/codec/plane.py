@@ -145,9 +145,9 @@ class CompressedLevel:
     """Bitstream of one level: entropy-coded strings and the side information needed to decode."""
 
     y_strings: List[bytes]
-    """One string per plane (xy, xz, yz)."""
+    """One string per coded image: one per plane (xy, xz, yz), or ``mix_images`` per plane with mixing."""
     z_strings: List[bytes]
-    """One string per plane."""
+    """One string per coded image (as ``y_strings``)."""
     z_shape: Tuple[int, int]
     """Spatial size of z (padded size / 64)."""
     padded_shape: Tuple[int, int]
@@ -227,8 +227,11 @@ class PlaneCodec(nn.Module):
         adapt = config.adapt_heads
 
         tiled = config.head_init == "pretrained"
-        first = _encoder_input_layer(model.g_a[0], self.architecture, C, self.N, adapt, tiled)
-        head = _decoder_head(model.g_s[-1], self.architecture, C, self.N, config.head_bits, adapt, tiled)
+        #: RGB images per plane through the channel mixers (0: one C-channel image, no mixers)
+        self.mix_images = k = int(config.mix_images)
+        C_img = 3 if k else C  # channels of one coded image: with mixing, the backbone's own RGB layers
+        first = _encoder_input_layer(model.g_a[0], self.architecture, C_img, self.N, adapt, tiled)
+        head = _decoder_head(model.g_s[-1], self.architecture, C_img, self.N, config.head_bits, adapt, tiled)
         self.g_a = nn.Sequential(first, *model.g_a[1:])
         self.g_s = nn.Sequential(*model.g_s[:-1], head)
         self.h_a, self.h_s = model.h_a, model.h_s
@@ -253,6 +256,15 @@ class PlaneCodec(nn.Module):
             v[0] = COMPENSATION_INIT
             vectors.append(nn.Parameter(v))
         self.vectors = nn.ParameterList(vectors)
+
+        # channel mixers per level (mix_images = k): C -> 3k channels of each plane into k RGB images
+        # (encoder side), and 3k -> C back (transmitted, head_bits integers per output channel); as
+        # grouped 1x1 convolutions over the three planes. Started from the planes' principal
+        # components on the first training forward of each level (init_mixer; mix_ready marks it).
+        self.mix_in = nn.ModuleList([nn.Conv2d(3 * C, 9 * k, 1, groups=3) for _ in self.resolutions if k])
+        self.mix_out = nn.ModuleList([QuantizedHead(nn.Conv2d(9 * k, 3 * C, 1, groups=3), config.head_bits)
+                                      for _ in self.resolutions if k])
+        self.register_buffer("mix_ready", torch.zeros(len(self.mix_in), dtype=torch.bool))
 
         for p in list(self.g_s.parameters()) + list(self.h_s.parameters()):
             p.requires_grad_(False)
@@ -281,11 +293,13 @@ class PlaneCodec(nn.Module):
     def parameter_groups(self, split_heads: bool = False) -> Dict[str, List[nn.Parameter]]:
         """Trainable parameters, CompressAI's net/aux split: ``{"codec": [...], "codec_aux": [quantiles]}``.
 
-        ``split_heads=True`` moves the decoder head and the compensation vectors to ``"codec_heads"``
+        ``split_heads=True`` moves the decoder head, the compensation vectors and the decoder-side
+        channel mixers to ``"codec_heads"``
         (the reference trains them with a larger learning rate than the rest).
         """
         aux = self.entropy_bottleneck.quantiles
-        heads = {id(p) for p in [*self.g_s_head.parameters(), *self.vectors]} if split_heads else set()
+        sent = [*self.g_s_head.parameters(), *self.vectors, *self.mix_out.parameters()]
+        heads = {id(p) for p in sent} if split_heads else set()
         groups: Dict[str, List[nn.Parameter]] = {"codec": [], "codec_aux": [aux] if aux.requires_grad else []}
         if split_heads:
             groups["codec_heads"] = []
@@ -343,6 +357,54 @@ class PlaneCodec(nn.Module):
         x = F.pad(x, self._padding(R)[1]) * span + lo
         return x + self.compensation(level) if self.config.compensation else x
 
+    def _to_images(self, x: Tensor, level: int) -> Tensor:
+        """Normalised padded planes ``[3, C, H, W]`` -> the coded images: ``[3k, 3, H, W]`` (image
+        ``p * k + j`` is plane p's j-th RGB image) with channel mixing, else ``x`` itself."""
+        if not self.mix_images:
+            return x
+        H, W = x.shape[-2:]
+        return self.mix_in[level](x.reshape(1, -1, H, W)).reshape(3 * self.mix_images, 3, H, W)
+
+    def _from_images(self, x: Tensor, level: int) -> Tensor:
+        """Inverse of :meth:`_to_images` on decoded images: ``[3k, 3, H, W]`` -> ``[3, C, H, W]``."""
+        if not self.mix_images:
+            return x
+        H, W = x.shape[-2:]
+        return self.mix_out[level](x.reshape(1, -1, H, W)).reshape(3, self.num_channels, H, W)
+
+    @torch.no_grad()
+    def init_mixer(self, level: int, planes: Float[Tensor, "3 C R R"]) -> None:
+        """Start level ``level``'s mixers from the principal components of its normalised planes.
+
+        Per plane: the 3k leading eigenvectors U ``[C, 3k]`` of the channel covariance (zero columns
+        past C) and one amplitude a that maps the largest principal-component magnitude to 0.5, so the
+        encoder mixer gives ``0.5 + a U^T (x - mean)`` (images around mid-grey, each component keeping
+        its share of the variance) and the decoder mixer ``mean + U (rgb - 0.5) / a`` inverts it on
+        the kept components.
+        """
+        R = self._check_level(planes, level)
+        lo, span = self._offset_span(*plane_stats(planes, self.config.clip_sigmas))
+        x = (planes.detach().float() - lo) / span
+        if self.config.clip_sigmas > 0:
+            x = x.clamp(0.0, 1.0)
+        C, k3 = self.num_channels, 3 * self.mix_images
+        w_in, b_in = self.mix_in[level].weight, self.mix_in[level].bias
+        w_out, b_out = self.mix_out[level].layer.weight, self.mix_out[level].layer.bias
+        for p in range(3):
+            X = x[p].reshape(C, R * R).double()
+            mean = X.mean(dim=1)
+            centred = X - mean[:, None]
+            _, vecs = torch.linalg.eigh(centred @ centred.T)  # ascending eigenvalues
+            U = torch.zeros(C, k3, dtype=torch.float64)
+            kept = min(k3, C)
+            U[:, :kept] = vecs.flip(1)[:, :kept]
+            a = 0.5 / float((U.T @ centred).abs().max().clamp_min(1e-6))
+            w_in[p * k3:(p + 1) * k3, :, 0, 0] = (a * U.T).to(w_in)
+            b_in[p * k3:(p + 1) * k3] = (0.5 - a * (U.T @ mean)).to(b_in)
+            w_out[p * C:(p + 1) * C, :, 0, 0] = (U / a).to(w_out)
+            b_out[p * C:(p + 1) * C] = (mean - U.sum(dim=1) * (0.5 / a)).to(b_out)
+        self.mix_ready[level] = True
+
     def compensation(self, level: int) -> Float[Tensor, "3 C R R"]:
         """Rank-1 correction of each plane from the level's fake-quantized vectors."""
         v = fake_quantize(self.vectors[level], self.config.vector_bits, dims=(2,))
@@ -368,8 +430,10 @@ class PlaneCodec(nn.Module):
 
     def _forward(self, planes: Tensor, level: int) -> CodecOutput:
         R = self._check_level(planes, level)
+        if self.mix_images and self.training and not bool(self.mix_ready[level]):
+            self.init_mixer(level, planes)
         lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
-        y = self._transform(self.g_a, self._normalize(planes, lo16, hi16))
+        y = self._transform(self.g_a, self._to_images(self._normalize(planes, lo16, hi16), level))
         z = self._transform(self.h_a, torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         params = self._transform(self.h_s, z_hat)
@@ -386,7 +450,7 @@ class PlaneCodec(nn.Module):
             ctx = self.context_prediction(y_hat)
             scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
             _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
-        x_hat = self._denormalize(self._transform(self.g_s, y_hat), R, lo16, hi16, level)
+        x_hat = self._denormalize(self._from_images(self._transform(self.g_s, y_hat), level), R, lo16, hi16, level)
         likelihoods = {"y": y_likelihoods, "z": z_likelihoods}
         return CodecOutput(x_hat, likelihoods, estimate_bits(likelihoods))
 
@@ -444,7 +508,7 @@ class PlaneCodec(nn.Module):
     def _compress(self, planes: Tensor, level: int, R: int) -> CompressedLevel:
         lo16, hi16 = plane_stats(planes, self.config.clip_sigmas)
         x = self._normalize(planes, lo16, hi16)
-        y = self.g_a(x)
+        y = self.g_a(self._to_images(x, level))
         z = self.h_a(torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -462,7 +526,7 @@ class PlaneCodec(nn.Module):
         with reproducible_convolutions():
             _, y_hat = self.decode_latents(compressed)
             lo16, hi16 = compressed.stats_min.to(device), compressed.stats_max.to(device)
-            return self._denormalize(self.g_s(y_hat), R, lo16, hi16, level)
+            return self._denormalize(self._from_images(self.g_s(y_hat), level), R, lo16, hi16, level)
 
     @torch.no_grad()
     def decode_latents(self, compressed: CompressedLevel) -> Tuple[Tensor, Tensor]:
@@ -535,6 +599,8 @@ class PlaneCodec(nn.Module):
         """Content-specific decoder-side tensors, exactly as they would be stored.
 
         Keys: ``head.int8`` / ``head.scale`` / ``head.bias`` (only with ``adapt_heads``),
+        ``mix.<level>.int8`` / ``.scale`` / ``.bias`` (the decoder-side channel mixers, only with
+        ``mix_images``),
         ``vectors.<level>.int8`` / ``vectors.<level>.scale`` (only with ``compensation``), and the
         float16 parameters of ``entropy_bottleneck.*`` (and ``context_prediction.*`` — unmasked
         weights only — and ``entropy_parameters.*`` for cheng2020). Call :meth:`update` first so the
@@ -545,6 +611,8 @@ class PlaneCodec(nn.Module):
             state["head.int8"], state["head.scale"], state["head.bias"] = self.quantize_head()
         for level in range(len(self.vectors)):
             state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"] = self.quantize_vectors(level)
+        for level, mixer in enumerate(self.mix_out):
+            state[f"mix.{level}.int8"], state[f"mix.{level}.scale"], state[f"mix.{level}.bias"] = mixer.quantize()
         for name, p in self.named_parameters():
             if name.startswith("entropy_bottleneck.") and self.exact_tables:
                 continue  # the bottleneck's tables are sent instead (bottleneck_tables)
@@ -570,13 +638,15 @@ class PlaneCodec(nn.Module):
         for level in range(len(self.vectors)):
             key = f"vectors.{level}"
             self.load_quantized_vectors(level, state[f"{key}.int8"], state[f"{key}.scale"])
+        for level, mixer in enumerate(self.mix_out):
+            mixer.load_quantized(state[f"mix.{level}.int8"], state[f"mix.{level}.scale"], state[f"mix.{level}.bias"])
         params = dict(self.named_parameters())
         for name, value in state.items():
             if name == "context_prediction.weight":
                 cp = self.context_prediction
                 cp.weight.zero_()
                 cp.weight[cp.mask.bool()] = value.float()
-            elif not name.startswith(("head.", "vectors.")):
+            elif not name.startswith(("head.", "vectors.", "mix.")):
                 params[name].copy_(value.float())
         if self.exact_tables:
             load_bottleneck_tables(self.entropy_bottleneck, tables)
@@ -605,7 +675,8 @@ class PlaneCodec(nn.Module):
         :meth:`CompressedLevel.num_bytes`).
 
         Keys: ``head`` (int8 weights + float32 scales + float32 bias; 0 when the head is the frozen
-        tiled pretrained layer), ``vectors.<level>`` (int8 + float32 scales), ``norm_stats`` (float16
+        tiled pretrained layer), ``vectors.<level>`` (int8 + float32 scales), ``mix`` (the channel
+        mixers: int8 + float32 scales + float32 bias; 0 without mixing), ``norm_stats`` (float16
         min and max per plane and channel, all levels), ``entropy_bottleneck`` (its tables; float16
         parameters without ``exact_tables``), and for
         cheng2020 ``context_model`` (float16 ``context_prediction`` unmasked weights + bias and
@@ -615,6 +686,7 @@ class PlaneCodec(nn.Module):
         sizes = {"head": sum(v for k, v in nbytes.items() if k.startswith("head."))}
         for level in range(len(self.vectors)):
             sizes[f"vectors.{level}"] = sum(v for k, v in nbytes.items() if k.startswith(f"vectors.{level}."))
+        sizes["mix"] = sum(v for k, v in nbytes.items() if k.startswith("mix."))
         sizes["norm_stats"] = len(self.resolutions) * 2 * 3 * self.num_channels * 2
         if self.exact_tables:  # medians (float16), offsets and lengths (int32), frequencies (uint16)
             sizes["entropy_bottleneck"] = self._bottleneck_table_bytes()

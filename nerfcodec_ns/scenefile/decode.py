@@ -112,6 +112,7 @@ def _load_codec_state(codec: "PlaneCodec", bs: Bitstream) -> None:
     expected = codec.transmitted_state()  # keys, shapes and dtypes of a codec of this architecture
     arrays: Dict[str, np.ndarray] = {}
     groups = [(f"vectors.{l}", [k for k in expected if k.startswith(f"vectors.{l}.")]) for l in range(len(codec.vectors))]
+    groups += [(f"mix.{l}", [f"mix.{l}.int8", f"mix.{l}.scale", f"mix.{l}.bias"]) for l in range(len(codec.mix_out))]
     if codec.config.adapt_heads:
         groups.append(("head", ["head.int8", "head.scale", "head.bias"]))
     if not codec.exact_tables:  # else the section holds the tables (_bottleneck_tables)
@@ -223,7 +224,7 @@ def _codec_for(bs: Bitstream, weights: Optional[Path]) -> "PlaneCodec":
     config = CodecConfig(
         backbone=h.backbone.architecture, weights="embedded", compensation=h.codec.compensation,
         head_bits=h.codec.head_bits, vector_bits=h.codec.vector_bits, latent_gain=h.codec.latent_gain,
-        adapt_heads=h.codec.adapt_heads,
+        adapt_heads=h.codec.adapt_heads, mix_images=h.codec.mix_images,
     )
     with torch.random.fork_rng(devices=[]):  # the codec's fresh layers are overwritten; keep global RNG intact
         torch.manual_seed(0)
@@ -242,8 +243,10 @@ def _compressed_level(bs: Bitstream, level: int):
 
     h, shape = bs.header, bs.header.levels[level]
     y, z = decode_strings(bs.section(f"y.{level}")), decode_strings(bs.section(f"z.{level}"))
-    if len(y) != 3 or len(z) != 3:
-        raise BitstreamError(f"level {level}: expected 3 y and 3 z strings, got {len(y)} and {len(z)}")
+    images = 3 * max(1, h.codec.mix_images)  # coded images per level: one per plane, or k per plane
+    if len(y) != images or len(z) != images:
+        raise BitstreamError(f"level {level}: expected {images} y and {images} z strings, "
+                             f"got {len(y)} and {len(z)}")
     norm = decode_array(bs.section(f"norm.{level}"))
     if norm.dtype != np.float16 or norm.shape != (2, 3, h.field.channels):
         raise BitstreamError(f"section 'norm.{level}': expected float16 (2, 3, {h.field.channels}), "

@@ -156,6 +156,9 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             raise ExportError(f"the codec's parameters cannot be sent: {err}") from None
         for level in range(len(codec.vectors)):
             sections.append(Section(f"vectors.{level}", params(state[f"vectors.{level}.int8"], state[f"vectors.{level}.scale"])))
+        for level in range(len(codec.mix_out)):
+            mix = [state[f"mix.{level}.{part}"] for part in ("int8", "scale", "bias")]
+            sections.append(Section(f"mix.{level}", params(*mix)))
         if codec.config.adapt_heads:
             sections.append(Section("head", params(state["head.int8"], state["head.scale"], state["head.bias"])))
         if codec.exact_tables:  # the bottleneck's quantized tables: no float network at the decoder
@@ -187,7 +190,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             levels=tuple(levels),
             codec=CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
                                 codec.config.adapt_heads, codec.gain, packing,
-                                "exact" if codec.exact_tables else "float"),
+                                "exact" if codec.exact_tables else "float", codec.mix_images),
             render=RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
                 grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),

@@ -92,7 +92,7 @@ OUTCOMES = ("rejected", "decoded", "broken", "foreign-error", "crash", "hang", "
 GOOD_OUTCOMES = ("rejected", "decoded")
 
 #: Codec parameter sections: LZMA-packed (``pack_smallest``) when the header's codec.packing is "lzma".
-_PACKED_PREFIXES = ("head", "vectors.", "entropy_bottleneck", "context_model")
+_PACKED_PREFIXES = ("head", "vectors.", "mix.", "entropy_bottleneck", "context_model")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _MiB = 1 << 20

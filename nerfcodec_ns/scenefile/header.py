@@ -24,12 +24,16 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections), 3
-``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same)."""
-READABLE_VERSIONS = (1, 2, 3)
+``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same), 4
+``CodecSettings.mix_images`` (channel mixing, ``mix.<level>`` sections)."""
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
-have float tables)."""
+have float tables; versions 1 to 3 no channel mixing)."""
+#: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``; the codec's
+#: ``MAX_MIX_IMAGES``).
+MAX_MIX_IMAGES = 8
 PACKINGS = ("raw", "lzma")
 """Storage of the codec's parameter sections (``CodecSettings.packing``)."""
 TABLES = ("float", "exact")
@@ -292,6 +296,12 @@ class CodecSettings:
     float tables; the section holds the bottleneck's float16 parameters). Files before format 3 have
     no such field and are read as ``float``."""
 
+    mix_images: int = 0
+    """Channel mixing (format 4, ``CodecConfig.mix_images``): 0 none; k >= 1: each plane is coded as
+    k RGB images (3k y and z strings per level) with the backbone's own RGB layers, and a
+    ``mix.<level>`` section holds the decoder-side 1x1 mixers (int8 weights ``[3C, 3k, 1, 1]``,
+    float32 scales ``[3C]`` and bias ``[3C]``). Files before format 4 are read as 0."""
+
     def __post_init__(self) -> None:
         o = "CodecSettings"
         _set(self, head_bits=_int(o, "head_bits", self.head_bits, 2, 8),
@@ -300,7 +310,8 @@ class CodecSettings:
              adapt_heads=_bool(o, "adapt_heads", self.adapt_heads),
              latent_gain=_float(o, "latent_gain", self.latent_gain, MIN_LATENT_GAIN, hi=MAX_LATENT_GAIN),
              packing=_str(o, "packing", self.packing, choices=PACKINGS),
-             tables=_str(o, "tables", self.tables, choices=TABLES))
+             tables=_str(o, "tables", self.tables, choices=TABLES),
+             mix_images=_int(o, "mix_images", self.mix_images, 0, MAX_MIX_IMAGES))
 
 
 @dataclass(frozen=True)
@@ -525,6 +536,10 @@ def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
         if "tables" in value["codec"]:
             raise BitstreamError(f"header: format version {version} has no codec.tables field")
         value["codec"]["tables"] = "float"
+    if version < 4 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
+        if "mix_images" in value["codec"]:
+            raise BitstreamError(f"header: format version {version} has no codec.mix_images field")
+        value["codec"]["mix_images"] = 0
     try:
         return _from_json(Header, value, "header")
     except BitstreamError as exc:
