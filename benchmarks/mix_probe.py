@@ -43,6 +43,8 @@ class Args(group_probe.Args):
     steps: int = 150
     precision: str = "bfloat16"
     """Training arithmetic of the transforms (``CodecConfig.train_precision``)."""
+    spectrum_only: bool = False
+    """Only print the variance ceilings (no training)."""
 
 
 def arm_config(arm: str, args: Args) -> CodecConfig:
@@ -57,8 +59,31 @@ def arm_config(arm: str, args: Args) -> CodecConfig:
     raise ValueError(f"unknown arm {arm!r}")
 
 
+def variance_ceilings(planes) -> list:
+    """Per level and plane, the largest share of the channels' variance (about their means) that
+    (a) the tiled layers can give (each channel an affine function of one of three signals, channel c
+    of signal c % 3: the best rank-1 fit of each group), and (b) the 3 and 6 leading principal
+    components give: what any codec behind those layers could reconstruct with perfect latents."""
+    rows = []
+    for level, P in enumerate(planes):
+        for p in range(3):
+            X = P[p].reshape(P.shape[1], -1).double()
+            X = X - X.mean(dim=1, keepdim=True)
+            total = float(X.square().sum())
+            eig = torch.linalg.svdvals(X).square()
+            tiled = sum(float(torch.linalg.svdvals(X[g::3])[0] ** 2) for g in range(3))
+            rows.append({"level": level, "plane": p, "tiled": round(tiled / total, 3),
+                         "pca3": round(float(eig[:3].sum()) / total, 3),
+                         "pca6": round(float(eig[:6].sum()) / total, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(args: Args) -> None:
     planes = load_planes(args.base)
+    ceilings = variance_ceilings(planes)
+    if args.spectrum_only:
+        return
     C, resolutions = planes[0].shape[1], [p.shape[-1] for p in planes]
     backbone = load_backbone(CodecConfig(weights=args.weights))
     results = []
@@ -76,7 +101,8 @@ def main(args: Args) -> None:
         results.append({"arm": arm, "transmitted_bytes": sent, "history": history})
         print(json.dumps({"arm": arm, "transmitted_bytes": sent}), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": dataclasses.asdict(args), "results": results}, indent=1))
+        Path(args.out).write_text(json.dumps({"args": dataclasses.asdict(args), "variance_ceilings": ceilings,
+                                              "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ TINY_MODEL_ARGS = [
     # stages: field 0-9, codec warm-up 10-14, joint from 15 (the backbone: see `tiny_backbone`)
     "--pipeline.model.codec-field-steps", "10",
     "--pipeline.model.codec-warmup-steps", "5",
+    # C-channel adapted heads (the tiny runs exercise the head section; the default codec, with channel
+    # mixing and frozen RGB layers, is the run of tests/scenefile/test_mixing_file.py)
+    "--pipeline.model.codec.mix-images", "0", "--pipeline.model.codec.adapt-heads", "True",
 ]
 
 

@@ -12,11 +12,13 @@ from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.model import NerfcodecModelConfig
 
 
-def _model(**overrides):
+def _model(codec=None, **overrides):
+    """A tiny model; its codec has C-channel adapted heads unless ``codec`` is given."""
     torch.manual_seed(0)
+    codec = codec or CodecConfig(weights="random", N=16, M=24, adapt_heads=True, mix_images=0, train_precision="float32")
     cfg = NerfcodecModelConfig(
         plane_resolutions=(16, 24), plane_channels=4, grid_resolution=16,
-        codec=CodecConfig(weights="random", N=16, M=24), codec_field_steps=5, codec_warmup_steps=5,
+        codec=codec, codec_field_steps=5, codec_warmup_steps=5,
         lpips="off", **overrides,
     )
     box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
@@ -71,6 +73,19 @@ def test_warmup_trains_the_codec_on_frozen_planes():
     assert _has_grad(model.codec.g_a.parameters()) and _has_grad(model.codec.g_s_head.parameters())
     assert _has_grad(model.field.mlp_parameters())
     assert metrics["codec_y_bytes"] > 0 and metrics["size_total_bytes"] > metrics["codec_y_bytes"]
+
+
+def test_warmup_with_the_default_codec_starts_and_trains_the_mixers():
+    """The default codec (channel mixing, frozen RGB layers): the first warm-up step starts each
+    level's mixers from the planes' principal components, and both mixers train."""
+    model = _model(codec=CodecConfig(weights="random", N=16, M=24))
+    assert model.codec.mix_images == 2 and not model.codec.config.adapt_heads
+    assert not bool(model.codec.mix_ready.any())
+    _losses(model, 1)
+    assert bool(model.codec.mix_ready.all())
+    assert _has_grad(model.codec.mix_in.parameters()) and _has_grad(model.codec.mix_out.parameters())
+    assert not _has_grad(model.codec.g_s_head.parameters()), "the backbone's RGB output layer is frozen"
+    assert not _has_grad(model.field.planes)
 
 
 def test_warmup_keeps_planes_frozen_even_with_plane_tv():

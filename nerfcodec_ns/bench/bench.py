@@ -89,18 +89,19 @@ class BenchConfig:
     """Codec normalisation range (CodecConfig.clip_sigmas)."""
     weights: str = "embedded"
     """Codec backbone weights ("embedded", "zoo" or a file); also the non-adapted CompressAI baseline's."""
-    adapt_heads: bool = True
-    """NeRFCodec points with trained (transmitted) encoder-input and decoder-output layers; False: the
-    backbone's RGB layers tiled over the channels, frozen and not transmitted (CodecConfig.adapt_heads)."""
+    adapt_heads: bool = False
+    """NeRFCodec points with trained (transmitted) encoder-input and decoder-output layers; False (the
+    default): the backbone's RGB layers, frozen and not transmitted (CodecConfig.adapt_heads)."""
     head_init: str = "random"
     """Start of the adapted layers (CodecConfig.head_init): "random" or "pretrained" (the tiled RGB
     layers, then trained)."""
-    mix_images: int = 0
-    """Channel mixing (CodecConfig.mix_images): 0 off; k: each plane mixed into k RGB images coded with
-    the backbone's own RGB layers, mixed back by a transmitted 1x1 map."""
-    train_precision: str = "float32"
-    """Arithmetic of the codec's transforms in training (CodecConfig.train_precision): "float32" or
-    "bfloat16" (faster on CPUs with AMX/AVX-512 BF16; files and decoding are float32 either way)."""
+    mix_images: int = 2
+    """Channel mixing (CodecConfig.mix_images): k (default 2): each plane mixed into k RGB images coded
+    with the backbone's own RGB layers, mixed back by a transmitted 1x1 map; 0 off."""
+    train_precision: str = "auto"
+    """Arithmetic of the codec's transforms in training (CodecConfig.train_precision): "auto"
+    (bfloat16 where the device computes it natively), "float32" or "bfloat16" (faster on CPUs with
+    AMX/AVX-512 BF16; files and decoding are float32 either way)."""
     baselines: bool = True
     """Run the baseline coders."""
     baseline_families: Tuple[str, ...] = ()

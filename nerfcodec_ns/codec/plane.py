@@ -28,7 +28,10 @@ compressai is imported lazily (inside functions): nerfstudio imports the plugin 
 from __future__ import annotations
 
 import copy
+import functools
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -64,6 +67,24 @@ MAX_QUANTILE_SPAN = 1 << 14
 MAX_TABLE_LENGTH = MAX_QUANTILE_SPAN + 5
 #: Initial value of the x-axis compensation vectors (y and z start at 0; see ``PlaneCodec``).
 COMPENSATION_INIT = 0.1
+
+
+def bfloat16_is_native(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu", "cuda") computes bfloat16 in hardware: a CUDA GPU that supports
+    it, or a CPU whose ``/proc/cpuinfo`` flags list ``avx512_bf16`` or ``amx_bf16`` (Linux; False
+    where the flags cannot be read). Chooses ``CodecConfig.train_precision = "auto"``."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and _cpu_has_native_bfloat16()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_native_bfloat16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,10 +441,16 @@ class PlaneCodec(nn.Module):
         with reproducible_convolutions():
             return self._forward(planes, level)
 
+    def uses_bfloat16(self, device_type: str = "cpu") -> bool:
+        """Whether training-mode transforms on ``device_type`` run under bfloat16 autocast
+        (``CodecConfig.train_precision``; "auto": :func:`bfloat16_is_native`)."""
+        precision = self.config.train_precision
+        return precision == "bfloat16" or (precision == "auto" and bfloat16_is_native(device_type))
+
     def _transform(self, module: nn.Module, x: Tensor) -> Tensor:
         """``module(x)``; in training with ``train_precision="bfloat16"`` under bfloat16 autocast on a
         channels-last copy, cast back to float32."""
-        if not (self.training and self.config.train_precision == "bfloat16"):
+        if not (self.training and self.uses_bfloat16(x.device.type)):
             return module(x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return module(x.contiguous(memory_format=torch.channels_last)).float()

@@ -49,21 +49,25 @@ class CodecConfig:
     """Quantization gain of the latent y: y is coded as round(gain * y) / gain (the Gaussian scales
     and means are multiplied by the same gain). Larger: finer quantization, more bits, better planes
     (a rate knob that needs no retraining of the frozen synthesis). Not for cheng2020-anchor."""
-    adapt_heads: bool = True
-    """Train new encoder-input / decoder-output layers. False: build them from the pretrained RGB
-    layers by channel tiling and keep them frozen (ablation "frozen pre-trained heads")."""
-    train_precision: Literal["float32", "bfloat16"] = "float32"
+    adapt_heads: bool = False
+    """Train new encoder-input / decoder-output layers (the reference's adapted heads; transmitted).
+    False (the default): the backbone's own RGB layers, frozen and not transmitted; with
+    ``mix_images`` = 0 they are tiled over the C channels ("frozen pre-trained heads"). On lego_200
+    the frozen layers with channel mixing gave the best PSNR per byte (docs/codec.md)."""
+    train_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Arithmetic of the codec's transforms in training mode: "bfloat16" runs g_a, h_a, h_s and g_s
-    under autocast on channels-last tensors (faster on CPUs with AMX/AVX-512 BF16, and on GPUs); the
-    entropy models and the rate stay float32. Evaluation, export and decoding are always float32, so
-    files and their decoding are unchanged."""
+    under autocast on channels-last tensors (2-4x faster on CPUs with AMX/AVX-512 BF16, and on GPUs);
+    the entropy models and the rate stay float32. "auto": bfloat16 where the device computes it
+    natively (``codec.plane.bfloat16_is_native``: a CUDA GPU with bfloat16, a CPU whose flags list
+    avx512_bf16 or amx_bf16), else float32 (elsewhere autocast is emulated and slower). Evaluation,
+    export and decoding are always float32, so files and their decoding are unchanged."""
     head_init: Literal["random", "pretrained"] = "random"
     """Start of the adapted layers (``adapt_heads``): "random" (a fresh layer, as in the reference) or
     "pretrained" (the backbone's RGB layers tiled over the channels, i.e. where the frozen heads are,
     then trained). Only the adapted layers' starting point differs; what is transmitted is the same."""
 
-    mix_images: int = 0
-    """Channel mixing. 0: the C channels of a plane go through the backbone as one C-channel image
+    mix_images: int = 2
+    """Channel mixing (default 2). 0: the C channels of a plane go through the backbone as one C-channel image
     (new or tiled first/last layers, ``adapt_heads``). k >= 1: a per-plane 1x1 linear map (started
     from the planes' principal components, trained, encoder side only) mixes the C channels into k
     RGB images; the backbone codes them with its own RGB layers, and a transmitted per-plane 1x1 map
@@ -80,8 +84,8 @@ class CodecConfig:
             raise ValueError(f"latent_gain must be > 0, got {self.latent_gain}")
         if self.backbone == "cheng2020-anchor" and self.latent_gain != 1.0:
             raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
-        if self.train_precision not in ("float32", "bfloat16"):
-            raise ValueError(f"train_precision must be float32 or bfloat16, got {self.train_precision!r}")
+        if self.train_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"train_precision must be auto, float32 or bfloat16, got {self.train_precision!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         for name in ("head_bits", "vector_bits"):

@@ -5,8 +5,10 @@
 the file atomically. ``ExportBitstream`` is the same command for ``ns-export nerfcodec-bitstream``
 (grafted onto nerfstudio 1.1.5's exporter, see :func:`graft_ns_export`) and ``nerfcodec export``.
 
-Sections (``<l>`` = level, 0 coarsest): ``y.<l>``/``z.<l>`` (entropy-coded strings, one per plane),
-``norm.<l>`` (float16 ``[2, 3, C]`` normalisation range), ``vectors.<l>`` (int8 + float32 scales),
+Sections (``<l>`` = level, 0 coarsest): ``y.<l>``/``z.<l>`` (entropy-coded strings, one per plane,
+or ``mix_images`` per plane), ``norm.<l>`` (float16 ``[2, 3, C]`` normalisation range), ``vectors.<l>``
+(int8 + float32 scales), ``mix.<l>`` (channel mixing: the decoder-side mixer, int8 weights, float32
+scales and bias),
 ``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (its quantized tables;
 float16 parameters for ``tables="float"``),
 ``mlp`` (float16 weights in :meth:`TriplaneField.mlp_parameters` order), ``grid`` (occupancy bits),

@@ -1,4 +1,4 @@
-"""Upgrade a scene file with float tables (formats 1 and 2) to exact tables (format 3), losslessly.
+"""Upgrade a scene file with float tables (formats 1 and 2) to exact tables (format 3 and later), losslessly.
 
 The file's latent symbols are decoded with the float tables it was made with, then coded again with
 the tables every CPU chooses the same (``nerfcodec_ns/codec/exact.py``): the shipped Gaussian tables
@@ -43,7 +43,7 @@ def upgrade_bitstream(bs: Bitstream, weights: Optional[Path] = None) -> UpgradeR
 
     h = bs.header
     if h.codec.tables == "exact":
-        raise DecodeError("the file has exact tables already (format 3): nothing to upgrade")
+        raise DecodeError("the file has exact tables already (format 3 or later): nothing to upgrade")
     if h.backbone.architecture == "cheng2020-anchor":
         raise DecodeError("cheng2020-anchor files cannot have exact tables (its context model has no exact path)")
     try:

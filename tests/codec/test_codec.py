@@ -38,6 +38,9 @@ def tiny_backbone(arch: str = "bmshj2018-hyperprior", seed: int = 0):
 
 
 def make_codec(arch="bmshj2018-hyperprior", C=4, resolutions=(17, 33), seed=0, backbone=None, **cfg):
+    cfg.setdefault("train_precision", "float32")  # the same arithmetic on every test machine
+    cfg.setdefault("adapt_heads", True)  # these tests are about the C-channel heads (mixing: test_mixing)
+    cfg.setdefault("mix_images", 0)
     config = CodecConfig(backbone=arch, weights="random", N=16, M=24, **cfg)
     backbone = backbone or tiny_backbone(arch, seed)
     torch.manual_seed(seed + 1)
@@ -554,3 +557,36 @@ def test_bfloat16_training_forward_is_close_and_eval_unchanged():
     assert torch.equal(fp32(planes, 0).x_hat, bf16(planes, 0).x_hat)
     with pytest.raises(ValueError, match="train_precision"):
         CodecConfig(train_precision="float16")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_follows_the_cpu(monkeypatch, native):
+    """train_precision="auto" trains under bfloat16 autocast exactly where the CPU has native
+    bfloat16 (its cpuinfo flags), and float32 elsewhere."""
+    from nerfcodec_ns.codec import plane as plane_module
+
+    monkeypatch.setattr(plane_module, "_cpu_has_native_bfloat16", lambda: native)
+    auto = make_codec(resolutions=(33,), seed=3, train_precision="auto")
+    assert auto.uses_bfloat16("cpu") is native
+    assert make_codec(train_precision="bfloat16").uses_bfloat16("cpu")
+    assert not make_codec(train_precision="float32").uses_bfloat16("cpu")
+    ref = make_codec(resolutions=(33,), seed=3, train_precision="bfloat16" if native else "float32")
+    ref.load_state_dict(auto.state_dict())
+    planes = smooth_planes(4, 33)
+    torch.manual_seed(0)
+    got = auto(planes, 0).x_hat
+    torch.manual_seed(0)
+    assert torch.equal(got, ref(planes, 0).x_hat)
+
+
+def test_cpu_flags_decide_native_bfloat16(monkeypatch, tmp_path):
+    from nerfcodec_ns.codec import plane as plane_module
+
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
+                            ("fpu avx512f avx512bw", False), ("fpu avx512_bf16x", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(plane_module, "Path", lambda _path, info=info: info)
+        plane_module._cpu_has_native_bfloat16.cache_clear()
+        assert plane_module._cpu_has_native_bfloat16() is expected
+    plane_module._cpu_has_native_bfloat16.cache_clear()

@@ -430,8 +430,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=4)) == (
-        "unsupported format version 4 (this reader knows 1, 2, 3)")
+    assert error_of(frame(header, sections, version=5)) == (
+        "unsupported format version 5 (this reader knows 1, 2, 3, 4)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -637,7 +637,7 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"NFC\x00\x07\x00")
     with pytest.raises(BitstreamError) as info:
         read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3)"
+    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4)"
 
 
 def test_version_1_files_still_read_and_cannot_claim_packed_sections():
@@ -653,15 +653,26 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
             del value["codec"][name]
         return zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
 
-    back = unpack(frame(legacy_header(("packing", "tables")), sections, version=1))  # what a version-1 writer produced
+    back = unpack(frame(legacy_header(("packing", "tables", "mix_images")), sections, version=1))  # what a version-1 writer produced
     assert back.header == make_header() and back.header.codec.packing == "raw" and back.header.codec.tables == "float"
-    packed = legacy_header(("tables",), packing="lzma")  # a version-2 writer's
+    packed = legacy_header(("tables", "mix_images"), packing="lzma")  # a version-2 writer's
     back = unpack(frame(packed, sections, version=2))
     assert back.header.codec.packing == "lzma" and back.header.codec.tables == "float"
-    assert error_of(frame(legacy_header(("tables",)), sections, version=1)) == (
+    assert error_of(frame(legacy_header(("tables", "mix_images")), sections, version=1)) == (
         "header: format version 1 has no codec.packing field")
     # format 3 names its tables; versions before it cannot
-    exact = encode_header(make_header(codec=CodecSettings(8, 8, True, True, 1.0, "lzma", "exact")))
+    exact = legacy_header(("mix_images",), packing="lzma", tables="exact")  # a version-3 writer's
     assert unpack(frame(exact, sections, version=3)).header.codec.tables == "exact"
     assert error_of(frame(exact, sections, version=2)) == "header: format version 2 has no codec.tables field"
-    assert "missing field 'tables'" in error_of(frame(legacy_header(("tables",)), sections, version=3))
+    assert "missing field 'tables'" in error_of(frame(legacy_header(("tables", "mix_images")), sections, version=3))
+    # format 4 names its channel mixing; versions before it cannot, and read as none
+    assert unpack(frame(exact, sections, version=3)).header.codec.mix_images == 0
+    mixed = encode_header(make_header(codec=CodecSettings(8, 8, True, False, 1.0, "lzma", "exact", 2)))
+    assert unpack(frame(mixed, sections, version=4)).header.codec.mix_images == 2
+    assert error_of(frame(mixed, sections, version=3)) == "header: format version 3 has no codec.mix_images field"
+    assert "missing field 'mix_images'" in error_of(frame(exact, sections, version=4))
+    for bad in (-1, 9, 1.5, True):
+        value = _json.loads(header_json(make_header()))
+        value["codec"]["mix_images"] = bad
+        blob = zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
+        assert "mix_images" in error_of(frame(blob, sections, version=4))

@@ -7,6 +7,9 @@ import pytest
 import torch
 from conftest import BIN, TINY_MODEL_ARGS, run_cli
 
+# the tiny model settings with the default codec (channel mixing, 2 images per plane; frozen RGB layers)
+TINY_DEFAULT_CODEC_ARGS = TINY_MODEL_ARGS[: TINY_MODEL_ARGS.index("--pipeline.model.codec.mix-images")]
+
 from nerfcodec_ns.scenefile.container import Bitstream, Section, pack, read_file, unpack
 from nerfcodec_ns.scenefile.decode import decode_file
 from nerfcodec_ns.scenefile.header import BitstreamError
@@ -18,9 +21,8 @@ def mixed_run(tiny_scene, tiny_backbone, tmp_path_factory):
     res = run_cli([
         str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
         "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS,
-        "--pipeline.model.codec.weights", str(tiny_backbone),
-        "--pipeline.model.codec.mix-images", "2", "--pipeline.model.codec.adapt-heads", "False", "blender-data",
+        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_DEFAULT_CODEC_ARGS,
+        "--pipeline.model.codec.weights", str(tiny_backbone), "blender-data",
     ])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out / "tiny" / "nerfcodec" / "t0" / "config.yml"
@@ -39,7 +41,8 @@ def test_mixed_file_decodes_to_the_evaluated_planes_exactly(mixed_run, mixed_nfc
 
     _, pipeline, _, _ = eval_setup(mixed_run, test_mode="inference")
     model = pipeline.eval().model
-    assert model.codec.mix_images == 2 and bool(model.codec.mix_ready.all())
+    assert model.codec.mix_images == 2 and bool(model.codec.mix_ready.all())  # the defaults
+    assert not model.codec.config.adapt_heads
     with torch.no_grad():
         expected = model.render_planes()
     assert expected is not None
