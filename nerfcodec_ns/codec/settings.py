@@ -11,6 +11,9 @@ from typing import Literal, Tuple
 
 Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor"]
 HEAD_INITS = ("random", "pretrained")
+#: What a setting missing from a saved config (a run's config.yml written before the setting existed)
+#: meant when that run trained: its default then. Current defaults differ for these.
+LEGACY_DEFAULTS = {"adapt_heads": True, "mix_images": 0, "train_precision": "float32"}
 ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
 #: Most RGB images per plane with channel mixing (``CodecConfig.mix_images``; the scene-file header
 #: has the same bound).
@@ -74,6 +77,11 @@ class CodecConfig:
     (``head_bits`` integers) mixes them back to C channels. The tiled layers can explain at most
     54-70% of a lego_200 plane's variance, the first 3 (6) principal components 75-87% (90-96%);
     the latents cost about k times those of one image (docs/codec.md, "Channel mixing")."""
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (nerfstudio's config.yml): settings the saved config lacks take the value they
+        had when it was written (``LEGACY_DEFAULTS``), not today's defaults, so old runs load as trained."""
+        self.__dict__.update({**LEGACY_DEFAULTS, **state})
 
     def __post_init__(self) -> None:
         if not (isinstance(self.mix_images, int) and 0 <= self.mix_images <= MAX_MIX_IMAGES):

@@ -537,6 +537,20 @@ def test_run_configs_written_before_the_split_still_load():
     assert isinstance(config, CodecConfig) and (config.backbone, config.weights) == ("mbt2018-mean", "random")
 
 
+def test_old_run_configs_keep_the_codec_they_trained_with():
+    """A config.yml written before a setting existed gets that setting's value of then (adapted
+    C-channel heads, no channel mixing, float32), not today's defaults; a new config round-trips."""
+    import yaml
+
+    old = "!!python/object:nerfcodec_ns.codec.settings.CodecConfig\nbackbone: bmshj2018-hyperprior\nweights: embedded\n"
+    config = yaml.load(old, Loader=yaml.Loader)
+    assert (config.adapt_heads, config.mix_images, config.train_precision) == (True, 0, "float32")
+    assert (config.head_init, config.latent_gain) == ("random", 1.0)
+    new = CodecConfig(mix_images=3, adapt_heads=False)
+    back = yaml.load(yaml.dump(new), Loader=yaml.Loader)
+    assert back == new and CodecConfig().mix_images == 2 and not CodecConfig().adapt_heads
+
+
 def test_bfloat16_training_forward_is_close_and_eval_unchanged():
     """train_precision="bfloat16" changes only the training forward (autocast): it stays close to the
     float32 one and passes gradients; eval mode (what files and decoding use) is identical."""
