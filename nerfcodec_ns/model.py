@@ -376,7 +376,8 @@ class NerfcodecModel(Model):
         """Final rate match of a rate-controlled run: the size still reacts to lambda only through
         training, so the last few percent are closed by retuning the latent quantization gain
         (``codec.latent_gain``, written to the file header): bisection on log(gain) within 8x of the
-        current gain for the largest file not above the target. Does nothing when the file is already
+        current gain (and within the header's gain range) for the largest file not above the target.
+        Does nothing when the file is already
         within ``tolerance`` (default ``rate_control_land_tolerance``) of the target. Returns
         ``(gain, file bytes)``, or None when nothing was changed."""
         target = float(self.config.codec_target_bytes)
@@ -397,6 +398,10 @@ class NerfcodecModel(Model):
         # size grows with the gain: bisection between the current gain and 8x coarser (file too big)
         # or 8x finer (file too small) for the largest file not above the target
         lo, hi = (math.log(g0 / 8.0), math.log(g0)) if s0 > target else (math.log(g0), math.log(g0 * 8.0))
+        # ... within the gains a scene-file header may hold (a file with any other cannot be written)
+        from nerfcodec_ns.scenefile.header import MAX_LATENT_GAIN, MIN_LATENT_GAIN
+
+        lo, hi = max(lo, math.log(MIN_LATENT_GAIN)), min(hi, math.log(MAX_LATENT_GAIN))
         best = (g0, s0) if s0 <= target else None
         for _ in range(12):
             gain, size = size_at(math.exp(0.5 * (lo + hi)))

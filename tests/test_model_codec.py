@@ -155,3 +155,18 @@ def test_no_grad_render_in_training_mode_returns_only_per_ray_outputs():
     with torch.no_grad():
         outputs = model.get_outputs(bundle)
     assert all(v.shape[0] == 32 for v in outputs.values())
+
+
+def test_landing_on_a_size_target_keeps_the_gain_in_the_header_range(monkeypatch):
+    """A target the file can only reach with a latent gain above what a scene-file header holds
+    (256) ends at 256 at most, so the export after training cannot fail (it did, on a tiny run whose
+    file needed a gain of 304)."""
+    import nerfcodec_ns.model as model_module
+    from nerfcodec_ns.scenefile.header import MAX_LATENT_GAIN
+
+    model = _model(codec_target_bytes=10**9, codec_lambda=1e-3)
+    model.codec.latent_gain.fill_(200.0)
+    monkeypatch.setattr(model_module, "measured_file_size", lambda m, _outputs: int(1000 * m.codec.gain))
+    gain, size = model.land_on_target(None)
+    assert gain <= MAX_LATENT_GAIN and model.codec.gain <= MAX_LATENT_GAIN
+    assert gain > 200.0 and size == int(1000 * gain)  # it did move up, as far as allowed

@@ -208,7 +208,7 @@ def test_format_modules_do_not_import_torch():
         "sys.modules['nerfcodec_ns'] = pkg  # the package __init__ imports torch (checkpoint shims)\n"
         "from nerfcodec_ns import atomic\n"
         "from nerfcodec_ns.scenefile import cameras, container, header, payload\n"
-        "assert container.MAGIC and header.FORMAT_VERSION == 3 and payload.decode_array and cameras.decode_poses\n"
+        "assert container.MAGIC and header.FORMAT_VERSION == 4 and payload.decode_array and cameras.decode_poses\n"
         "print('torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
