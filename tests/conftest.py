@@ -64,20 +64,24 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return save_backbone_file(build_backbone("bmshj2018-hyperprior", 16, 24), "bmshj2018-hyperprior", 16, 24, path)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
-    """Train `ns-train nerfcodec` for a few steps on the tiny scene; returns its config.yml."""
-    out = tmp_path_factory.mktemp("runs")
+def train_tiny(scene: Path, out: Path, *extra: str, model_args=TINY_MODEL_ARGS) -> Path:
+    """Train `ns-train nerfcodec` for 30 steps on ``scene`` into ``out`` with ``model_args`` and
+    ``extra`` options; returns its config.yml."""
     res = run_cli([
-        str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
+        str(BIN / "ns-train"), "nerfcodec", "--data", str(scene), "--output-dir", str(out),
         "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS,
-        "--pipeline.model.codec.weights", str(tiny_backbone), "blender-data",
+        "--vis", "tensorboard", "--steps-per-save", "30", *model_args, *extra, "blender-data",
     ])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     config = out / "tiny" / "nerfcodec" / "t0" / "config.yml"
     assert config.exists(), res.stdout[-2000:]
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
+    """Train `ns-train nerfcodec` for a few steps on the tiny scene; returns its config.yml."""
+    return train_tiny(tiny_scene, tmp_path_factory.mktemp("runs"), "--pipeline.model.codec.weights", str(tiny_backbone))
 
 
 @pytest.fixture(scope="session")
@@ -95,15 +99,9 @@ def embedded_nfc(tiny_scene, tmp_path_factory) -> Path:
     latents' scales over the whole table, unlike the random tiny backbone's."""
     from nerfcodec_ns.scenefile.export import export_run
 
-    out = tmp_path_factory.mktemp("runs_embedded")
-    res = run_cli([
-        str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
-        "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_MODEL_ARGS, "blender-data",
-    ])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    config = train_tiny(tiny_scene, tmp_path_factory.mktemp("runs_embedded"))
     path = tmp_path_factory.mktemp("nfc_embedded") / "embedded.nfc"
-    export_run(out / "tiny" / "nerfcodec" / "t0" / "config.yml", path)
+    export_run(config, path)
     return path
 
 

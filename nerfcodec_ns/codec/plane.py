@@ -79,9 +79,9 @@ def bfloat16_is_native(device_type: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_has_native_bfloat16() -> bool:
+def _cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = Path(cpuinfo).read_text(errors="replace")
     except OSError:
         return False
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
@@ -404,10 +404,7 @@ class PlaneCodec(nn.Module):
         the kept components.
         """
         R = self._check_level(planes, level)
-        lo, span = self._offset_span(*plane_stats(planes, self.config.clip_sigmas))
-        x = (planes.detach().float() - lo) / span
-        if self.config.clip_sigmas > 0:
-            x = x.clamp(0.0, 1.0)
+        x = F.pad(self._normalize(planes, *plane_stats(planes, self.config.clip_sigmas)), self._padding(R)[1])
         C, k3 = self.num_channels, 3 * self.mix_images
         w_in, b_in = self.mix_in[level].weight, self.mix_in[level].bias
         w_out, b_out = self.mix_out[level].layer.weight, self.mix_out[level].layer.bias

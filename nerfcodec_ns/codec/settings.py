@@ -15,8 +15,8 @@ HEAD_INITS = ("random", "pretrained")
 #: meant when that run trained: its default then. Current defaults differ for these.
 LEGACY_DEFAULTS = {"adapt_heads": True, "mix_images": 0, "train_precision": "float32"}
 ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
-#: Most RGB images per plane with channel mixing (``CodecConfig.mix_images``; the scene-file header
-#: has the same bound).
+#: Most RGB images per plane with channel mixing (``CodecConfig.mix_images``, and the scene-file
+#: header's ``CodecSettings.mix_images``).
 MAX_MIX_IMAGES = 8
 
 

@@ -31,15 +31,18 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 """Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
 have float tables; versions 1 to 3 no channel mixing)."""
-#: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``; the codec's
-#: ``MAX_MIX_IMAGES``).
+#: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``); the format imports
+#: nothing of the codec, so the codec's ``MAX_MIX_IMAGES`` is the same number (tested).
 MAX_MIX_IMAGES = 8
+#: ``CodecSettings`` fields added by a format version: (name, version, what files before it mean).
+CODEC_FIELDS_ADDED = (("packing", 2, "raw"), ("tables", 3, "float"), ("mix_images", 4, 0))
 PACKINGS = ("raw", "lzma")
 """Storage of the codec's parameter sections (``CodecSettings.packing``)."""
 TABLES = ("float", "exact")
 """How the entropy coder's tables are chosen (``CodecSettings.tables``)."""
 #: Model identifier written by the current exporter (the header carries whatever the writer sets).
 MODEL_ID = "nerfcodec/triplane-v1"
+#: Backbone architectures a file may name (the codec's ``ARCHITECTURES``, tested to agree).
 ARCHITECTURES = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
 
 #: Most bytes the decompressed header JSON may have (checked on both sides; also bounds zlib).
@@ -528,18 +531,11 @@ def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
         raise BitstreamError(f"header: invalid JSON ({exc.msg} at char {exc.pos})") from None
     except (ValueError, RecursionError) as exc:  # e.g. int too long to convert, nesting too deep
         raise BitstreamError(f"header: invalid JSON ({type(exc).__name__})") from None
-    if version < 2 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
-        if "packing" in value["codec"]:
-            raise BitstreamError("header: format version 1 has no codec.packing field")
-        value["codec"]["packing"] = "raw"
-    if version < 3 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
-        if "tables" in value["codec"]:
-            raise BitstreamError(f"header: format version {version} has no codec.tables field")
-        value["codec"]["tables"] = "float"
-    if version < 4 and isinstance(value, dict) and isinstance(value.get("codec"), dict):
-        if "mix_images" in value["codec"]:
-            raise BitstreamError(f"header: format version {version} has no codec.mix_images field")
-        value["codec"]["mix_images"] = 0
+    for name, added_in, before in CODEC_FIELDS_ADDED:
+        if version < added_in and isinstance(value, dict) and isinstance(value.get("codec"), dict):
+            if name in value["codec"]:
+                raise BitstreamError(f"header: format version {version} has no codec.{name} field")
+            value["codec"][name] = before
     try:
         return _from_json(Header, value, "header")
     except BitstreamError as exc:

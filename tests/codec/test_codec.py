@@ -593,14 +593,13 @@ def test_auto_precision_follows_the_cpu(monkeypatch, native):
     assert torch.equal(got, ref(planes, 0).x_hat)
 
 
-def test_cpu_flags_decide_native_bfloat16(monkeypatch, tmp_path):
-    from nerfcodec_ns.codec import plane as plane_module
+def test_cpu_flags_decide_native_bfloat16(tmp_path):
+    from nerfcodec_ns.codec.plane import _cpu_has_native_bfloat16
 
-    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
-                            ("fpu avx512f avx512bw", False), ("fpu avx512_bf16x", False)):
-        info = tmp_path / "cpuinfo"
+    cases = (("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
+             ("fpu avx512f avx512bw", False), ("fpu avx512_bf16x", False))
+    for i, (flags, expected) in enumerate(cases):
+        info = tmp_path / f"cpuinfo{i}"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(plane_module, "Path", lambda _path, info=info: info)
-        plane_module._cpu_has_native_bfloat16.cache_clear()
-        assert plane_module._cpu_has_native_bfloat16() is expected
-    plane_module._cpu_has_native_bfloat16.cache_clear()
+        assert _cpu_has_native_bfloat16(str(info)) is expected
+    assert _cpu_has_native_bfloat16(str(tmp_path / "absent")) is False

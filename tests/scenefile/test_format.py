@@ -676,3 +676,12 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         value["codec"]["mix_images"] = bad
         blob = zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
         assert "mix_images" in error_of(frame(blob, sections, version=4))
+
+
+def test_the_format_and_the_codec_agree_on_names_and_bounds():
+    """The torch-free format imports nothing of the codec, so it repeats these; they must agree."""
+    from nerfcodec_ns.codec import settings
+    from nerfcodec_ns.scenefile import header
+
+    assert header.MAX_MIX_IMAGES == settings.MAX_MIX_IMAGES
+    assert header.ARCHITECTURES == settings.ARCHITECTURES

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BIN, TINY_MODEL_ARGS, run_cli
+from conftest import TINY_MODEL_ARGS, train_tiny
 
 # the tiny model settings with the default codec (channel mixing, 2 images per plane; frozen RGB layers)
 TINY_DEFAULT_CODEC_ARGS = TINY_MODEL_ARGS[: TINY_MODEL_ARGS.index("--pipeline.model.codec.mix-images")]
@@ -17,15 +17,8 @@ from nerfcodec_ns.scenefile.header import BitstreamError
 
 @pytest.fixture(scope="module")
 def mixed_run(tiny_scene, tiny_backbone, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs_mixed")
-    res = run_cli([
-        str(BIN / "ns-train"), "nerfcodec", "--data", str(tiny_scene), "--output-dir", str(out),
-        "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *TINY_DEFAULT_CODEC_ARGS,
-        "--pipeline.model.codec.weights", str(tiny_backbone), "blender-data",
-    ])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out / "tiny" / "nerfcodec" / "t0" / "config.yml"
+    return train_tiny(tiny_scene, tmp_path_factory.mktemp("runs_mixed"), "--pipeline.model.codec.weights",
+                      str(tiny_backbone), model_args=TINY_DEFAULT_CODEC_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +62,4 @@ def test_mixed_file_with_the_wrong_string_count_is_refused(mixed_nfc, tiny_backb
     bad.write_bytes(pack(Bitstream(bs.header, tuple(sections))))
     with pytest.raises(BitstreamError, match="expected 6 y and 6 z strings"):
         decode_file(bad, tiny_backbone)
+
