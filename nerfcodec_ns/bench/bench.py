@@ -73,6 +73,10 @@ class BenchConfig:
     """Codec warm-up steps (shared by every NeRFCodec point)."""
     joint_steps: int = 600
     """Joint rate-distortion steps per NeRFCodec point."""
+    score_at: Tuple[int, ...] = ()
+    """Also export and score every lambda point after these numbers of joint steps (each below
+    --joint-steps), as family ``nerfcodec-j<steps>``: RD against joint steps from one run. The codec
+    stages' learning rates are constant, so a point at k steps is exactly a k-step run's point."""
     lambdas: Tuple[float, ...] = (1e-6, 3e-5, 3e-4)
     """Rate weights (per kilobyte of latents) of the NeRFCodec points."""
     budget: Tuple[int, ...] = ()
@@ -423,8 +427,18 @@ def run_nerfcodec(cfg: BenchConfig, base_cfg, base_state, dataset, indices, fold
         model.set_rate_target(target, lmbda)
         torch.manual_seed(1)
         t0 = time.perf_counter()
-        log = _run_steps(trainer, joint, name)
-        extra: Dict[str, Any] = {"lambda": lmbda if target <= 0 else model.codec_lambda()}
+        log: List[Dict[str, float]] = []
+        done = cfg.warmup_steps
+        for k in sorted(cfg.score_at) if target <= 0 else ():  # intermediate points along this run
+            log += _run_steps(trainer, range(done, cfg.warmup_steps + k), f"{name} (to {k} joint steps)")
+            done = cfg.warmup_steps + k
+            extra_k = {"lambda": lmbda, "joint_steps": k, "train_s": round(time.perf_counter() - t0, 1),
+                       "train_log": warm_log + log}
+            points.append(export_and_score(trainer, f"{name}-j{k}", f"nerfcodec-j{k}", dataset, indices, folder,
+                                           extra_k, _weights_file(cfg.weights)))
+        log += _run_steps(trainer, range(done, joint.stop), name)
+        extra: Dict[str, Any] = {"lambda": lmbda if target <= 0 else model.codec_lambda(),
+                                 "joint_steps": cfg.joint_steps}
         if target > 0:  # what ns-train does at its last step: land the rate with the quantization gain
             outputs = trainer.pipeline.datamanager.train_dataparser_outputs
             extra["target_bytes"] = target
@@ -585,6 +599,9 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
 
     if cfg.base is None and not (cfg.data / "transforms_train.json").is_file():
         raise BenchError(f"not a Blender-format scene (no transforms_train.json): {cfg.data}")
+    if any(k <= 0 or k >= cfg.joint_steps for k in cfg.score_at):
+        raise BenchError(f"--score-at steps must lie between 0 and --joint-steps ({cfg.joint_steps}): "
+                         f"{list(cfg.score_at)}")
     known = sorted({c.family for c in default_coders(None)} | {"compressai"})
     unknown = sorted(set(cfg.baseline_families) - set(known))
     if unknown:

@@ -17,7 +17,7 @@ def tiny_bench(tiny_run, tiny_scene, tiny_backbone, tmp_path_factory):
     res = run_cli([
         str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--base", str(tiny_run), "--output-dir", str(out),
         "--weights", str(tiny_backbone), "--train-rays", "256", "--warmup-steps", "3", "--joint-steps", "4",
-        "--lambdas", "1e-5", "1e-3", "--budget", "60000", "--eval-images", "1",
+        "--lambdas", "1e-5", "1e-3", "--budget", "60000", "--eval-images", "1", "--score-at", "2",
         "--baseline-families", "float32", "quant8", "png", "jpeg", "compressai",
     ], env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -31,7 +31,8 @@ def test_bench_writes_results_plot_and_tables(tiny_bench):
     report = (out / "report.md").read_text()
     assert all(f"| {p['name']} |" in report or f"| **{p['name']}** |" in report for p in result["points"])
     families = {p["family"] for p in result["points"]}
-    assert families == {"float32", "quant8", "png", "jpeg", "compressai", "nerfcodec", "nerfcodec-target"}
+    assert families == {"float32", "quant8", "png", "jpeg", "compressai", "nerfcodec", "nerfcodec-target",
+                        "nerfcodec-j2"}
     assert set(result["bd"]) == {"float32", "quant8", "png", "jpeg", "compressai"}
     for row in result["bd"].values():  # a number, or the reason there is none
         assert (row["bd_rate_pct"] is not None) or row.get("note")
@@ -72,7 +73,7 @@ def test_nerfcodec_points_are_decodable_scene_files(tiny_bench, tiny_backbone):
 
     _, result, _ = tiny_bench
     ours = [p for p in result["points"] if p["family"].startswith("nerfcodec")]
-    assert len(ours) == 3
+    assert len(ours) == 5  # two lambdas (each also scored after 2 of its 4 joint steps) and one budget
     for p in ours:
         scene = decode_file(Path(p["file"]), weights=tiny_backbone)
         assert len(scene.planes) == 2
@@ -81,7 +82,27 @@ def test_nerfcodec_points_are_decodable_scene_files(tiny_bench, tiny_backbone):
     assert target["target_error"] == pytest.approx(target["bytes"] / 60000 - 1, abs=1e-4)
 
 
-@pytest.mark.parametrize("case", ["missing-data", "unknown-family", "existing-output", "overwrite-foreign-folder"])
+def test_a_point_scored_along_a_run_equals_the_shorter_run(tiny_bench, tiny_run, tiny_scene, tiny_backbone,
+                                                           tmp_path):
+    """``--score-at 2`` in a 4-step joint stage gives the same file, bit for bit, as a 2-step run."""
+    _, result, _ = tiny_bench
+    along = next(p for p in result["points"] if p["name"] == "nerfcodec-l1e-05-j2")
+    assert along["joint_steps"] == 2 and along["family"] == "nerfcodec-j2"
+    assert next(p for p in result["points"] if p["name"] == "nerfcodec-l1e-05")["joint_steps"] == 4
+    out = tmp_path / "short"
+    res = run_cli([
+        str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--base", str(tiny_run), "--output-dir", str(out),
+        "--weights", str(tiny_backbone), "--train-rays", "256", "--warmup-steps", "3", "--joint-steps", "2",
+        "--lambdas", "1e-5", "1e-3", "--budget", "60000", "--eval-images", "1", "--no-baselines",
+    ], env={"OMP_NUM_THREADS": "1"})  # the same warm-up (its lambda and rate buffer come from these lists)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    short = {p["name"]: p for p in json.loads((out / "results.json").read_text())["points"]}
+    assert Path(short["nerfcodec-l1e-05"]["file"]).read_bytes() == Path(along["file"]).read_bytes()
+    assert short["nerfcodec-l1e-05"]["psnr"] == along["psnr"]
+
+
+@pytest.mark.parametrize("case", ["missing-data", "unknown-family", "existing-output", "overwrite-foreign-folder",
+                                  "score-past-the-end"])
 def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_path):
     out = tmp_path / "out"
     args = [str(BIN / "nerfcodec"), "bench", "--data", str(tiny_scene), "--output-dir", str(out), "--eval-images", "1"]
@@ -89,6 +110,8 @@ def test_bench_bad_input_is_one_line_and_exit_2(case, tiny_run, tiny_scene, tmp_
         args[3] = str(tmp_path / "nope")
     elif case == "unknown-family":
         args += ["--base", str(tiny_run), "--baseline-families", "jpeg", "gif", "--lambdas"]
+    elif case == "score-past-the-end":
+        args += ["--base", str(tiny_run), "--joint-steps", "4", "--score-at", "2", "4"]
     elif case == "existing-output":
         out.mkdir()
         (out / "results.json").write_text("{}")
