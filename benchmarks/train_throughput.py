@@ -46,16 +46,6 @@ class Args:
     """Internal: time only this method in this process ("tensorf" or "nerfcodec")."""
 
 
-def _fake_alexnet_home() -> str:
-    """A TORCH_HOME holding a random-weight AlexNet so that stock tensorf can be built offline."""
-    import torch
-    import torchvision
-
-    home = tempfile.mkdtemp(prefix="torch_home_")
-    ckpt_dir = Path(home) / "hub" / "checkpoints"
-    ckpt_dir.mkdir(parents=True)
-    torch.save(torchvision.models.alexnet().state_dict(), ckpt_dir / "alexnet-owt-7be5be79.pth")
-    return home
 
 
 def _setup_trainer(method: str, data: Path, rays: int, out_dir: Path):
@@ -85,7 +75,9 @@ def _time_steps(trainer, start: int, n: int) -> float:
 
 
 def bench_tensorf(args: Args, out_dir: Path) -> Dict:
-    os.environ["TORCH_HOME"] = _fake_alexnet_home()
+    from trainer_step import fake_alexnet_home
+
+    os.environ["TORCH_HOME"] = fake_alexnet_home()
     trainer = _setup_trainer("tensorf", args.data, args.rays, out_dir)
     _time_steps(trainer, 0, args.tensorf_warmup)
     dt = _time_steps(trainer, args.tensorf_warmup, args.tensorf_steps)

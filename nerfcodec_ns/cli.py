@@ -187,8 +187,14 @@ class Decode:
     output_dir: Path = Path("decoded")
     """Folder to create; the run's config is OUTPUT_DIR/scene/nerfcodec/decoded/config.yml."""
     data: Optional[Path] = None
-    """The original Blender-format data set, for ns-eval against the real images. Default: use the
-    cameras stored in the file and small images rendered from the decoded field (viewing only)."""
+    """The original data set, for ns-eval against the real images: read with the data parser (and its
+    settings) the run was trained with, which the file records; its training cameras must be the
+    file's. Default: use the cameras stored in the file and small images rendered from the decoded
+    field (viewing only)."""
+    dataparser: Optional[str] = None
+    """With --data: the nerfstudio data parser to read it with (e.g. blender-data, nerfstudio-data,
+    colmap, instant-ngp-data), instead of the one the file records (files from before the record:
+    chosen from the folder's layout)."""
     weights: Optional[Path] = None
     """Backbone weights file, when the file's backbone is neither the embedded one nor CompressAI's zoo."""
     view_size: int = 64
@@ -202,7 +208,7 @@ class Decode:
         if self.view_size < 1:
             raise UserError(f"--view-size must be >= 1, got {self.view_size}")
         result = write_run(self.scene, self.output_dir, data=self.data, weights=self.weights,
-                           overwrite=self.overwrite, view_size=self.view_size)
+                           overwrite=self.overwrite, view_size=self.view_size, dataparser=self.dataparser)
         rows = [
             ("scene file", f"{self.scene} ({self.scene.stat().st_size:,} bytes)"),
             ("decode (planes, MLP, grid)", f"{result.decode_seconds:.3f} s"),

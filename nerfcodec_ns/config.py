@@ -5,21 +5,45 @@ nerfstudio imports this module for every ``ns-*`` command, so it stays light: no
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Type
+
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfcodec_ns.compat import default_device_type
-from nerfcodec_ns.model import NerfcodecModelConfig
+from nerfcodec_ns.model import NerfcodecModelConfig, auto_contraction
 
 # The exporter: its import also registers the scene-file sizer that the model's rate control measures
 # with (nerfcodec_ns.codec.ratecontrol.register_file_sizer), so every `ns-train nerfcodec` has it.
 from nerfcodec_ns.scenefile.export import graft_ns_export
+
+@dataclass
+class NerfcodecPipelineConfig(VanillaPipelineConfig):
+    """nerfstudio's vanilla pipeline; a nerfcodec model's ``scene_contraction="auto"`` is resolved
+    from the training cameras (``model.auto_contraction``) before the model is built."""
+
+    _target: Type = field(default_factory=lambda: NerfcodecPipeline)
+
+
+class NerfcodecPipeline(VanillaPipeline):
+    """See :class:`NerfcodecPipelineConfig`. ``VanillaPipeline.__init__`` builds the data manager and then
+    the model from ``config.model`` with no step in between, so the choice is made as the data manager
+    is assigned."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        model = getattr(self, "config", None) and self.config.model
+        outputs = getattr(value, "train_dataparser_outputs", None) if name == "datamanager" else None
+        if isinstance(model, NerfcodecModelConfig) and model.scene_contraction == "auto" and outputs is not None:
+            model.scene_contraction = auto_contraction(outputs.cameras, outputs.scene_box)
+        super().__setattr__(name, value)
+
 
 #: Default number of training steps (also the learning-rate schedules' horizon).
 MAX_STEPS = 10_000
@@ -37,7 +61,7 @@ def nerfcodec_trainer_config(max_steps: int = MAX_STEPS) -> TrainerConfig:
         mixed_precision=False,
         save_only_latest_checkpoint=True,
         machine=MachineConfig(device_type=default_device_type()),
-        pipeline=VanillaPipelineConfig(
+        pipeline=NerfcodecPipelineConfig(
             datamanager=VanillaDataManagerConfig(
                 dataparser=BlenderDataParserConfig(),
                 train_num_rays_per_batch=4096,

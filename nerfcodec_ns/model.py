@@ -65,7 +65,18 @@ class NerfcodecModelConfig(ModelConfig):
     sh_degree: int = 4
     """Spherical-harmonics levels of the view-direction encoding."""
     grid_resolution: int = 128
-    """Occupancy grid cells per axis."""
+    """Occupancy grid cells per axis (per level)."""
+    scene_contraction: Literal["auto", "none", "linf", "l2"] = "auto"
+    """Unbounded scenes: "none" (the planes cover the scene box, nothing outside it), "linf" or "l2"
+    (mip-NeRF 360's contraction of all space into twice the box, which the planes cover, as K-Planes
+    does). "auto": "linf" when most training cameras are inside the scene box (a capture of
+    surroundings, e.g. nerfstudio-data or COLMAP), else "none" (an object seen from outside, e.g. Blender)."""
+    grid_levels: Optional[int] = None
+    """Occupancy-grid levels (level l covers the scene box scaled by 2**l); None: 1 for a bounded
+    scene, 4 with a contraction (nerfacc's unbounded setting)."""
+    cone_angle: Optional[float] = None
+    """Ray-marching step growth: step = max(t * cone_angle, render_step_size); None: 0 for a bounded
+    scene, 1/256 with a contraction (steps grow with distance, as nerfacc's unbounded setting)."""
     render_step_size: Optional[float] = None
     """Ray-marching step in world units; None: scene-box diagonal / 512."""
     near_plane: float = 0.0
@@ -121,6 +132,17 @@ class NerfcodecModelConfig(ModelConfig):
     """In the joint stage, build the scene file every this many steps and at the last step, and log
     its exact size as ``size_file_bytes`` (about 2 s on a CPU each time; 0 disables)."""
 
+    def contraction(self) -> str:
+        """The scene contraction in use ("auto" not resolved by the pipeline counts as "none")."""
+        return "none" if self.scene_contraction == "auto" else self.scene_contraction
+
+    def sampler_levels(self) -> Tuple[int, float]:
+        """Occupancy-grid levels and cone angle in use (the defaults follow the contraction)."""
+        unbounded = self.contraction() != "none"
+        levels = self.grid_levels if self.grid_levels is not None else (4 if unbounded else 1)
+        cone = self.cone_angle if self.cone_angle is not None else (1.0 / 256 if unbounded else 0.0)
+        return int(levels), float(cone)
+
     def field_spec(self) -> TriplaneFieldSpec:
         """The field architecture this config describes."""
         return TriplaneFieldSpec(
@@ -131,6 +153,7 @@ class NerfcodecModelConfig(ModelConfig):
             geo_feat_dim=self.geo_feat_dim,
             hidden_dim_color=self.hidden_dim_color,
             sh_degree=self.sh_degree,
+            contraction=self.contraction(),
         )
 
 
@@ -146,7 +169,8 @@ class NerfcodecModel(Model):
         step = self.config.render_step_size
         if step is None:
             step = float((aabb[1] - aabb[0]).norm()) / 512.0
-        self.sampler = OccupancySampler(aabb.reshape(-1), self.config.grid_resolution, step)
+        levels, cone = self.config.sampler_levels()
+        self.sampler = OccupancySampler(aabb.reshape(-1), self.config.grid_resolution, step, levels=levels, cone_angle=cone)
         bg = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}[self.config.background_color]
         self.register_buffer("background", torch.tensor(bg), persistent=False)
         # Not an nn.Module attribute: kept out of state_dict and checkpoints.
@@ -167,6 +191,8 @@ class NerfcodecModel(Model):
             self.register_buffer("codec_log_lambda", torch.tensor(self._rate.log_lambda, dtype=torch.float64))
         self._decoded_cache: Optional[Tuple[tuple, List[Tensor]]] = None
         self._grid_bytes: Optional[Tuple[Tensor, int, int]] = None
+        #: The data-parser config the run trains with (set by training and export; the scene file records it).
+        self.dataparser_config = None
 
     # ------------------------------------------------------------------ training plumbing
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -196,6 +222,8 @@ class NerfcodecModel(Model):
             self.codec_stage.fill_(self.stage_at(step))
 
         trainer = training_callback_attributes.trainer
+        if training_callback_attributes.pipeline is not None:
+            self.dataparser_config = training_callback_attributes.pipeline.config.datamanager.dataparser
         file_sizes: Dict[tuple, Optional[int]] = {}
 
         def dataparser_outputs():
@@ -335,17 +363,26 @@ class NerfcodecModel(Model):
                 ) / len(codec_outs)
         return outputs
 
+    def ground_truth(self, batch: Dict[str, Tensor]) -> Tensor:
+        """The batch's RGB; RGBA images (e.g. masked captures a parser does not blend) are composited
+        over the model's background colour, as the renderer composites the field."""
+        image = batch["image"].to(self.device)
+        if image.shape[-1] == 4:
+            alpha = image[..., 3:4]
+            return image[..., :3] * alpha + self.background * (1.0 - alpha)
+        return image[..., :3]
+
     def get_rgba_image(self, outputs: Dict[str, Tensor], output_name: str = "rgb") -> Tensor:
         rgb = outputs[output_name]
         return torch.cat((rgb, torch.ones_like(rgb[..., :1])), dim=-1)
 
     # ------------------------------------------------------------------ losses and metrics
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        gt = batch["image"].to(self.device)[..., :3]
+        gt = self.ground_truth(batch)
         metrics = {
             "psnr": psnr(outputs["rgb"].detach(), gt),
             "samples_per_ray": outputs["num_samples_per_ray"].mean(),
-            "occupied_fraction": self.sampler.binaries.float().mean(),
+            "occupied_fraction": self.sampler.level_binaries.float().mean(),
         }
         if self.codec is not None:
             metrics["codec_stage"] = self.codec_stage.float()
@@ -446,11 +483,11 @@ class NerfcodecModel(Model):
 
         b = self.sampler.estimator.binaries
         if self._grid_bytes is None or self._grid_bytes[0] is not b or self._grid_bytes[1] != b._version:
-            self._grid_bytes = (b, b._version, len(encode_bits(self.sampler.binaries.cpu().numpy())))
+            self._grid_bytes = (b, b._version, len(encode_bits(self.sampler.level_binaries.cpu().numpy())))
         return self._grid_bytes[2]
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        gt = batch["image"].to(self.device)[..., :3]
+        gt = self.ground_truth(batch)
         loss = {"rgb_loss": F.mse_loss(outputs["rgb"], gt)}
         if self.training and "codec_bits_y" in outputs and self.codec is not None:
             kbytes = (outputs["codec_bits_y"] + outputs["codec_bits_z"]) / 8000.0
@@ -466,7 +503,7 @@ class NerfcodecModel(Model):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        gt = batch["image"].to(self.device)[..., :3]
+        gt = self.ground_truth(batch)
         pred = outputs["rgb"].clamp(0.0, 1.0)
         metrics: Dict[str, float] = {"psnr": float(psnr(pred, gt)), "ssim": float(ssim(pred, gt))}
         lp = self._lpips(pred, gt)
@@ -476,6 +513,16 @@ class NerfcodecModel(Model):
         depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
         images = {"img": torch.cat([gt, pred], dim=1), "accumulation": acc, "depth": depth}
         return metrics, images
+
+
+def auto_contraction(cameras, scene_box) -> str:
+    """The scene contraction for ``scene_contraction="auto"``: "linf" when most training cameras
+    (nerfstudio ``Cameras``) stand inside the scene box (the capture surrounds them: nerfstudio-data,
+    COLMAP), else "none" (an object seen from outside: Blender scenes' cameras are outside the box)."""
+    origins = cameras.camera_to_worlds[..., :3, 3].reshape(-1, 3).float()
+    lo, hi = scene_box.aabb[0].to(origins), scene_box.aabb[1].to(origins)
+    inside = ((origins >= lo) & (origins <= hi)).all(dim=-1).float().mean()
+    return "linf" if float(inside) >= 0.5 else "none"
 
 
 def normalized_mse(x_hat: Tensor, x: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Procedural NeRF-Synthetic (Blender-format) scene generator.
+"""Procedural NeRF-Synthetic (Blender-format) scene generator, and a procedural real-capture-like
+variant (nerfstudio format) with a surrounding environment.
 
 Writes a small, seed-deterministic RGBA dataset that needs no download:
 ``train/``, ``val/``, ``test/`` folders of ``r_{i}.png`` images plus
@@ -11,6 +12,11 @@ numpy. Cameras follow the OpenGL / NeRF-Synthetic convention: the camera looks
 down its local -z axis, +y is up and +x is right; world +z is up. Pixel centres
 are at integer + 0.5 and ``focal = 0.5 * width / tan(0.5 * camera_angle_x)``,
 as in nerfstudio.
+
+:func:`write_capture_scene` writes the same objects inside a textured environment sphere (every ray
+hits something: an unbounded scene for a field without a background colour) in nerfstudio's own
+format (``transforms.json`` + ``images/``, OPENCV cameras with radial distortion k1 and per-frame
+focal lengths), which nerfstudio's ``nerfstudio-data`` dataparser reads.
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ __all__ = [
     "look_at",
     "render_view",
     "write_blender_scene",
+    "write_capture_scene",
+    "SURROUND_RADIUS",
 ]
 
 SCENE_BOUND = 1.0
 """All geometry lies inside the cube [-SCENE_BOUND, SCENE_BOUND]^3 (world units)."""
+
+#: Radius of the environment sphere of :func:`write_capture_scene`, in multiples of the camera radius.
+SURROUND_RADIUS = 3.0
 
 _SPLITS = ("train", "val", "test")
 _TRAIN_ELEVATION_DEG = (-10.0, 70.0)
@@ -165,6 +176,9 @@ class Scene:
     """Strength of the white Blinn-Phong highlight (the view-dependent part)."""
     shininess: float = 30.0
     """Blinn-Phong exponent."""
+    environment: Sphere | None = None
+    """A sphere around everything, seen from inside and unlit (its texture is its colour): rays that
+    miss the objects hit it, so every pixel is opaque."""
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned bounds (min, max), each shape (3,), world units."""
@@ -373,6 +387,13 @@ def _trace(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarr
         which[closer] = k
 
     rgb = np.zeros_like(dirs)
+    env = scene.environment
+    if env is not None:  # from inside: the far intersection, where no object is in front
+        oc = origin - np.asarray(env.center)
+        b = dirs @ oc
+        t_env = -b + np.sqrt(np.maximum(b * b - (float(oc @ oc) - env.radius**2), 0.0))
+        idx = np.nonzero(which < 0)[0]
+        rgb[idx] = _shade_sphere(env, origin + t_env[idx, None] * dirs[idx])[0]
     light = np.asarray(scene.light_dir, dtype=np.float64)
     light /= np.linalg.norm(light)
     for k, p in enumerate(prims):
@@ -388,21 +409,38 @@ def _trace(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarr
         spec = scene.specular * np.clip(np.sum(n * half, axis=1), 0.0, None) ** scene.shininess
         spec = np.where(ndotl > 0.0, spec, 0.0)
         rgb[idx] = albedo * (scene.ambient + scene.diffuse * ndotl)[:, None] + spec[:, None]
-    return which >= 0, np.clip(rgb, 0.0, 1.0)
+    return (which >= 0) | (env is not None), np.clip(rgb, 0.0, 1.0)
 
 
-def render_view(scene: Scene, c2w: np.ndarray, spec: SceneSpec) -> np.ndarray:
+def _undistort(x: np.ndarray, y: np.ndarray, k1: float, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised image coordinates before radial distortion ``x_d = x_u (1 + k1 r_u^2)`` (fixed-point
+    iterations; exact for k1 = 0)."""
+    xu, yu = x.copy(), y.copy()
+    if k1 == 0.0:
+        return xu, yu
+    for _ in range(iterations):
+        f = 1.0 + k1 * (xu * xu + yu * yu)
+        xu, yu = x / f, y / f
+    return xu, yu
+
+
+def render_view(scene: Scene, c2w: np.ndarray, spec: SceneSpec, focal: float | None = None,
+                k1: float = 0.0) -> np.ndarray:
     """Render one view: RGBA uint8 (resolution, resolution, 4), straight (non-premultiplied) colour.
 
     Each pixel averages ``supersample**2`` rays on a regular sub-grid; the sub-sample (a, b) of
     pixel (row i, col j) sits at fine-grid pixel centre (s*i + a + 0.5, s*j + b + 0.5) of an
     (s*res)^2 image, so rendering at (res, s) matches (s*res, 1) ray for ray. Alpha is the exact
     hit fraction rounded to 8 bits; colour is the mean over the hitting sub-samples; RGB = 0 where
-    alpha = 0.
+    alpha = 0. ``focal`` (pixels; default from ``spec.camera_angle_x``) and ``k1`` (OpenCV radial
+    distortion of the image, which nerfstudio undoes) give other cameras.
     """
     res, ss = spec.resolution, spec.supersample
     n = res * ss
-    focal = 0.5 * n / math.tan(0.5 * spec.camera_angle_x)  # in fine-grid pixels
+    if focal is None:
+        focal = 0.5 * n / math.tan(0.5 * spec.camera_angle_x)  # in fine-grid pixels
+    else:
+        focal = focal * ss
     c2w = np.asarray(c2w, dtype=np.float64)
     rot, origin = c2w[:3, :3], c2w[:3, 3]
     coords = (np.arange(n) + 0.5 - 0.5 * n) / focal
@@ -420,6 +458,8 @@ def render_view(scene: Scene, c2w: np.ndarray, spec: SceneSpec) -> np.ndarray:
             ],
             axis=-1,
         ).reshape(-1, 3)
+        if k1 != 0.0:
+            cam[:, 0], cam[:, 1] = _undistort(cam[:, 0], cam[:, 1], k1)
         dirs = cam @ rot.T
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         hit, rgb = _trace(scene, origin, dirs)
@@ -468,8 +508,13 @@ def write_blender_scene(output_dir: Path, spec: SceneSpec = SceneSpec(), overwri
     when complete. An existing non-empty ``output_dir`` raises FileExistsError unless
     ``overwrite`` is True, in which case it is removed only after the new dataset is in place.
     """
-    output_dir = Path(output_dir)
     spec.validate()
+    return _write_folder(Path(output_dir), overwrite, lambda tmp: _write_dataset(tmp, spec))
+
+
+def _write_folder(output_dir: Path, overwrite: bool, fill) -> Path:
+    """``fill(tmp)`` a temporary sibling of ``output_dir``, then rename it into place (see
+    :func:`write_blender_scene` for the rules on an existing folder)."""
     target = Path(os.path.abspath(output_dir))
     if target.parent == target:
         raise ValueError(f"refusing to write a dataset at the filesystem root: {output_dir}")
@@ -483,7 +528,7 @@ def write_blender_scene(output_dir: Path, spec: SceneSpec = SceneSpec(), overwri
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.partial-"))
     try:
-        _write_dataset(tmp, spec)
+        fill(tmp)
         os.chmod(tmp, 0o755)
         _move_into_place(tmp, target)
     except BaseException:
@@ -511,3 +556,38 @@ def _move_into_place(tmp: Path, target: Path) -> None:
         trash.rmdir()
         raise
     shutil.rmtree(trash)
+
+
+def write_capture_scene(output_dir: Path, spec: SceneSpec = SceneSpec(), k1: float = 0.02,
+                        focal_ratio: float = 1.1, overwrite: bool = False) -> Path:
+    """An unbounded, real-capture-like dataset in nerfstudio format at ``output_dir`` (atomically, as
+    :func:`write_blender_scene`): the scene of ``spec.seed`` inside a checkered environment sphere of
+    radius ``SURROUND_RADIUS * spec.radius``; ``spec.num_train + spec.num_val`` views (the train and
+    val cameras of :func:`camera_poses`, in that order) as RGB PNGs, OPENCV cameras with radial
+    distortion ``k1``, odd frames with ``focal_ratio`` times the focal length (per-frame intrinsics).
+    nerfstudio-data splits the frames itself (its ``eval_mode``)."""
+    spec.validate()
+    return _write_folder(Path(output_dir), overwrite, lambda tmp: _write_capture(tmp, spec, k1, focal_ratio))
+
+
+def _write_capture(root: Path, spec: SceneSpec, k1: float, focal_ratio: float) -> None:
+    """The files of :func:`write_capture_scene` into the existing empty directory ``root``."""
+    base = build_scene(spec.seed)
+    colors = _contrasting_pairs(np.random.default_rng([spec.seed, 2]), 1)
+    env = Sphere(center=(0.0, 0.0, 0.0), radius=SURROUND_RADIUS * spec.radius, color_a=_t3(colors[0]),
+                 color_b=_t3(colors[1]), pattern="checker", cells=(6, 4))
+    scene = Scene(spheres=base.spheres, boxes=base.boxes, environment=env)
+    poses = camera_poses(spec)
+    focal = 0.5 * spec.resolution / math.tan(0.5 * spec.camera_angle_x)
+    (root / "images").mkdir()
+    frames = []
+    for i, c2w in enumerate(np.concatenate([poses["train"], poses["val"]])):
+        f = focal * (focal_ratio if i % 2 else 1.0)
+        rgb = render_view(scene, c2w, spec, focal=f, k1=k1)[..., :3]
+        Image.fromarray(np.ascontiguousarray(rgb)).save(root / "images" / f"frame_{i:05d}.png", format="PNG")
+        frames.append({"file_path": f"images/frame_{i:05d}.png", "fl_x": f, "fl_y": f,
+                       "transform_matrix": [[float(v) for v in row] for row in c2w]})
+    half = 0.5 * spec.resolution
+    meta = {"camera_model": "OPENCV", "w": spec.resolution, "h": spec.resolution, "cx": half, "cy": half,
+            "k1": k1, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -64,13 +64,14 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return save_backbone_file(build_backbone("bmshj2018-hyperprior", 16, 24), "bmshj2018-hyperprior", 16, 24, path)
 
 
-def train_tiny(scene: Path, out: Path, *extra: str, model_args=TINY_MODEL_ARGS) -> Path:
+def train_tiny(scene: Path, out: Path, *extra: str, model_args=TINY_MODEL_ARGS, parser=("blender-data",)) -> Path:
     """Train `ns-train nerfcodec` for 30 steps on ``scene`` into ``out`` with ``model_args`` and
-    ``extra`` options; returns its config.yml."""
+    ``extra`` options, reading it with the data parser ``parser`` (name and options); returns its
+    config.yml."""
     res = run_cli([
         str(BIN / "ns-train"), "nerfcodec", "--data", str(scene), "--output-dir", str(out),
         "--experiment-name", "tiny", "--timestamp", "t0", "--max-num-iterations", "30",
-        "--vis", "tensorboard", "--steps-per-save", "30", *model_args, *extra, "blender-data",
+        "--vis", "tensorboard", "--steps-per-save", "30", *model_args, *extra, *parser,
     ])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     config = out / "tiny" / "nerfcodec" / "t0" / "config.yml"
@@ -114,3 +115,13 @@ def tiny_float_nfc(tiny_run, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("nfc_float") / "tiny_float.nfc"
     export_run(tiny_run, path, tables="float")
     return path
+
+
+def eval_psnr(config: Path) -> float:
+    """Mean PSNR of a run (trained or decoded) over its eval images, as ``ns-eval`` computes it."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(config, test_mode="val")
+    with torch.no_grad():
+        return float(pipeline.get_average_eval_image_metrics()["psnr"])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from nerfcodec_ns.field.contraction import CONTRACTIONS, contract
 from nerfstudio.utils.math import components_from_spherical_harmonics
 
 #: Coordinate pairs of the three planes, in plane order (xy, xz, yz).
@@ -44,6 +45,10 @@ class TriplaneFieldSpec:
     """Width of the colour MLP's hidden layers."""
     sh_degree: int = 4
     """Spherical-harmonics levels of the view-direction encoding (1..4, giving degree**2 values)."""
+    contraction: str = "none"
+    """Scene contraction (:data:`~nerfcodec_ns.field.contraction.CONTRACTIONS`): ``"none"`` for a bounded
+    scene (zero density outside the box), ``"linf"``/``"l2"`` for an unbounded one (the planes cover the
+    contracted space, everything has density)."""
 
     def __post_init__(self) -> None:
         if not self.resolutions or any(int(r) < 2 for r in self.resolutions):
@@ -52,6 +57,8 @@ class TriplaneFieldSpec:
             raise ValueError(f"num_channels must be >= 1, got {self.num_channels}")
         if not 1 <= self.sh_degree <= 4:
             raise ValueError(f"sh_degree must be in 1..4, got {self.sh_degree}")
+        if self.contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {self.contraction!r}")
 
 
 def sample_planes_reference(
@@ -135,7 +142,8 @@ class TriplaneField(nn.Module):
     """Density and colour from multi-resolution tri-planes (positions in world units).
 
     Args:
-        aabb: ``[2, 3]`` scene box (min, max) in world units; points outside get zero density.
+        aabb: ``[2, 3]`` scene box (min, max) in world units; points outside get zero density, unless
+            ``spec.contraction`` contracts all of space into the planes.
         spec: architecture.
     """
 
@@ -185,9 +193,13 @@ class TriplaneField(nn.Module):
                 p.data = data
 
     def normalize(self, positions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-        """World positions to [-1, 1]^3 box coordinates."""
+        """World positions to plane coordinates: [-1, 1]^3 box coordinates; with a contraction, the
+        contracted box coordinates halved (all of space in [-1, 1]^3, the box in [-0.5, 0.5]^3)."""
         lo, hi = self.aabb[0], self.aabb[1]
-        return (positions - lo) / (hi - lo) * 2.0 - 1.0
+        coords = (positions - lo) / (hi - lo) * 2.0 - 1.0
+        if self.spec.contraction == "none":
+            return coords
+        return contract(coords, self.spec.contraction) * 0.5
 
     def density(
         self, positions: Float[Tensor, "N 3"], planes: Optional[Sequence[Tensor]] = None
@@ -200,8 +212,9 @@ class TriplaneField(nn.Module):
         coords = self.normalize(positions)
         feats = torch.cat([sample_planes(p, coords, self.spec.reduce) for p in planes], dim=-1)
         h = self.density_mlp(feats)
-        inside = ((coords > -1.0) & (coords < 1.0)).all(dim=-1)
-        sigma = trunc_exp(h[:, 0] - 1.0) * inside
+        sigma = trunc_exp(h[:, 0] - 1.0)
+        if self.spec.contraction == "none":  # bounded scene: nothing outside the box
+            sigma = sigma * ((coords > -1.0) & (coords < 1.0)).all(dim=-1)
         return sigma, h[:, 1:]
 
     def color(self, geo_feat: Float[Tensor, "N F"], directions: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from nerfcodec_ns.atomic import current_umask
-from nerfcodec_ns.scenefile.cameras import camera_batch, decode_poses
+from nerfcodec_ns.scenefile.cameras import CameraTable, camera_batch, decode_intrinsics, decode_poses
 from nerfcodec_ns.scenefile.container import Bitstream, read_file
 from nerfcodec_ns.scenefile.export import zoo_quality
 from nerfcodec_ns.scenefile.header import MODEL_ID, BackboneId, BitstreamError, FieldArch, Header
@@ -54,9 +54,12 @@ class DecodedScene(NamedTuple):
     mlp: List[Tensor]
     """The MLP parameters (float16 values as float32), in ``TriplaneField.mlp_parameters`` order."""
     grid: Tensor
-    """``[G, G, G]`` bool occupancy grid."""
+    """``[L, G, G, G]`` bool occupancy grid (L levels; 1 for a bounded scene)."""
     poses: np.ndarray
     """``[N, 3, 4]`` float32 training camera-to-world poses (dataparser frame)."""
+    camera_table: Optional[CameraTable] = None
+    """Per-camera intrinsics, models and distortion (the ``intrinsics`` section); None: every camera
+    has the header's intrinsics."""
 
 
 def _arrays(bs: Bitstream, name: str, max_size: Optional[int] = None) -> List[np.ndarray]:
@@ -280,9 +283,10 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
     if not all(np.isfinite(a).all() for a in mlp):
         raise BitstreamError("section 'mlp': the MLP weights are not finite")
     g = h.render.grid_resolution
-    grid = torch.from_numpy(decode_bits(bs.section("grid"), (g, g, g)))
+    grid = torch.from_numpy(decode_bits(bs.section("grid"), (h.render.grid_levels, g, g, g)))
     poses = decode_poses(bs.section("cameras"))
-    return DecodedScene(h, planes, [torch.from_numpy(a.astype(np.float32)) for a in mlp], grid, poses)
+    table = decode_intrinsics(bs.section("intrinsics"), len(poses)) if bs.has_section("intrinsics") else None
+    return DecodedScene(h, planes, [torch.from_numpy(a.astype(np.float32)) for a in mlp], grid, poses, table)
 
 
 def decode_file(path: Path, weights: Optional[Path] = None) -> DecodedScene:
@@ -299,7 +303,7 @@ def field_spec(arch: FieldArch):
     from nerfcodec_ns.field.field import TriplaneFieldSpec
 
     return TriplaneFieldSpec(tuple(arch.resolutions), arch.channels, arch.reduce, arch.hidden_dim,
-                             arch.geo_feat_dim, arch.hidden_dim_color, arch.sh_degree)
+                             arch.geo_feat_dim, arch.hidden_dim_color, arch.sh_degree, arch.contraction)
 
 
 def model_config(header: Header):
@@ -312,7 +316,8 @@ def model_config(header: Header):
         hidden_dim=a.hidden_dim, geo_feat_dim=a.geo_feat_dim, hidden_dim_color=a.hidden_dim_color,
         sh_degree=a.sh_degree, grid_resolution=r.grid_resolution, render_step_size=r.render_step_size,
         alpha_thre=r.alpha_thre, early_stop_eps=r.early_stop_eps, near_plane=r.near_plane,
-        background_color=r.background, codec_enabled=False,
+        background_color=r.background, codec_enabled=False, scene_contraction=a.contraction,
+        grid_levels=r.grid_levels, cone_angle=r.cone_angle,
     )
 
 
@@ -320,8 +325,6 @@ def model_config(header: Header):
 def build_model(scene: DecodedScene) -> "NerfcodecModel":
     """A CPU ``nerfcodec`` model (codec disabled) rendering exactly the decoded scene."""
     from nerfstudio.data.scene_box import SceneBox
-
-    from nerfcodec_ns.field.sampler import occupied_aabb
 
     aabb = torch.tensor(scene.header.render.aabb, dtype=torch.float32).reshape(2, 3)
     model = model_config(scene.header).setup(scene_box=SceneBox(aabb=aabb), num_train_data=len(scene.poses), metadata={})
@@ -335,7 +338,7 @@ def build_model(scene: DecodedScene) -> "NerfcodecModel":
     # (already capped) alpha_thre, and re-thresholding gives the same binaries
     occupied = est.binaries.reshape(-1).float()
     est.occs.copy_(occupied / occupied.mean().clamp_min(1.0 / occupied.numel()))
-    model.sampler.march_aabb.copy_(occupied_aabb(model.sampler.binaries, model.sampler.aabb))
+    model.sampler.refresh_march_aabb()
     return model.eval()
 
 
@@ -363,6 +366,7 @@ def write_run(
     weights: Optional[Path] = None,
     overwrite: bool = False,
     view_size: int = 64,
+    dataparser: Optional[str] = None,
 ) -> DecodeResult:
     """Decode ``scene_path`` into a nerfstudio run folder under ``output_dir`` (written atomically:
     built in a temporary folder beside it, then renamed).
@@ -370,8 +374,10 @@ def write_run(
     Layout: ``output_dir/config.yml`` is NOT where nerfstudio looks; the run is
     ``output_dir/<scene>/nerfcodec/decoded/{config.yml, nerfstudio_models/step-*.ckpt}`` plus
     ``output_dir/<scene>/bitstream/{scene.nfc, views/*.png}`` for the bitstream dataparser.
-    ``data``: the original Blender-format data set (for ``ns-eval`` against real images); None uses
-    the cameras in the file and ``view_size``-pixel images rendered from the decoded field.
+    ``data``: the original data set (for ``ns-eval`` against real images), read with the data parser
+    the file records (``dataparser`` overrides it; files without a record: the folder's layout), whose
+    training cameras must be the file's; None uses the cameras in the file and ``view_size``-pixel
+    images rendered from the decoded field.
     """
     import yaml
 
@@ -388,6 +394,15 @@ def write_run(
     t0 = time.perf_counter()
     scene = decode_file(scene_path, weights)
     decode_s = time.perf_counter() - t0
+    parser_config = None
+    if data is not None:
+        from nerfcodec_ns.scenefile.datasets import DatasetError, check_cameras, dataparser_for
+
+        try:
+            parser_config = dataparser_for(scene.header, Path(data), dataparser)
+            check_cameras(parser_config, scene.header, scene.poses)
+        except DatasetError as err:
+            raise DecodeError(str(err)) from None
 
     t1 = time.perf_counter()
     try:
@@ -402,22 +417,20 @@ def write_run(
         bits_dir = tmp / name / "bitstream"
         bits_dir.mkdir(parents=True)
         shutil.copyfile(scene_path, bits_dir / "scene.nfc")
-        if data is not None:
-            from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-
-            dataparser = BlenderDataParserConfig(data=Path(data).absolute(), alpha_color=scene.header.render.background)
+        if parser_config is not None:
+            run_parser = parser_config
         else:
             try:
                 render_views(model, scene, bits_dir / "views", view_size)
             except Exception as err:
                 raise DecodeError(f"the decoded scene does not render ({type(err).__name__}: {_first_line(err)})") from None
-            dataparser = NfcDataParserConfig(data=output_dir / name / "bitstream")
+            run_parser = NfcDataParserConfig(data=output_dir / name / "bitstream")
         config = nerfcodec_trainer_config()
         config.output_dir = output_dir
         config.experiment_name = name
         config.timestamp = "decoded"
         config.vis = "viewer"
-        config.pipeline.datamanager.dataparser = dataparser
+        config.pipeline.datamanager.dataparser = run_parser
         config.pipeline.datamanager.data = None
         config.pipeline.model = model_config(scene.header)
         config.load_dir = None
@@ -444,7 +457,7 @@ def render_views(model: "NerfcodecModel", scene: DecodedScene, folder: Path, siz
     import warnings
 
     folder.mkdir(parents=True)
-    cams = camera_batch(scene.header, scene.poses, size)
+    cams = camera_batch(scene.header, scene.poses, size, scene.camera_table)
     for i in range(len(scene.poses)):
         with warnings.catch_warnings():  # nerfstudio's camera code warns about torch indexing each call
             warnings.simplefilter("ignore", UserWarning)

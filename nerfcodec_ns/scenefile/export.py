@@ -12,7 +12,9 @@ scales and bias),
 ``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (its quantized tables;
 float16 parameters for ``tables="float"``),
 ``mlp`` (float16 weights in :meth:`TriplaneField.mlp_parameters` order), ``grid`` (occupancy bits),
-``cameras`` (float32 ``[N, 3, 4]`` camera-to-world poses, LZMA).
+``cameras`` (float32 ``[N, 3, 4]`` camera-to-world poses, LZMA), ``intrinsics`` (only for cameras
+that do not all share the header's intrinsics, or are distorted: per camera fx, fy, cx, cy,
+distortion, size and model, LZMA).
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nerfcodec_ns.atomic import write_atomic
 from nerfcodec_ns.codec.ratecontrol import register_file_sizer
-from nerfcodec_ns.scenefile.cameras import encode_poses
+from nerfcodec_ns.scenefile.cameras import CameraTable, check_camera_table, encode_intrinsics, encode_poses
 from nerfcodec_ns.scenefile.container import Bitstream, Section, pack, section_sizes
+from nerfcodec_ns.scenefile.datasets import dataparser_extra
 from nerfcodec_ns.scenefile.header import (
+    CAMERA_MODELS,
     MODEL_ID,
     PACKINGS,
     BackboneId,
@@ -85,31 +90,52 @@ def zoo_quality(source: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def camera_set(cameras: "Cameras", transform: torch.Tensor, scale: float) -> CameraSet:
-    """Shared intrinsics + dataparser transform of a nerfstudio ``Cameras`` batch (poses go in a section)."""
-    intr = {}
-    for name in ("fx", "fy", "cx", "cy", "width", "height"):
-        values = getattr(cameras, name).reshape(-1)
-        if not bool((values == values[0]).all()):
-            raise ExportError(f"cameras with different intrinsics ({name} varies) are not supported yet")
-        intr[name] = values[0].item()
-    model = cameras.camera_type.reshape(-1)
-    if not bool((model == model[0]).all()):
-        raise ExportError("cameras of different camera models are not supported yet")
+def camera_set(cameras: "Cameras", transform: torch.Tensor, scale: float) -> Tuple[CameraSet, Optional[CameraTable]]:
+    """The header's intrinsics (camera 0's) and dataparser transform of a nerfstudio ``Cameras`` batch,
+    plus the per-camera table when the cameras do not all share them or are distorted (None: they do).
+    Poses go in their own section. Cameras the format cannot hold raise a one-line :class:`ExportError`
+    (nothing is approximated)."""
     from nerfstudio.cameras.cameras import CameraType
 
-    return CameraSet(
-        camera_model=CameraType(int(model[0])).name,
-        width=int(intr["width"]), height=int(intr["height"]),
-        fx=float(intr["fx"]), fy=float(intr["fy"]), cx=float(intr["cx"]), cy=float(intr["cy"]),
+    n = int(cameras.camera_to_worlds.shape[0])
+    if cameras.camera_to_worlds.ndim != 3:
+        raise ExportError(f"expected a flat batch of cameras, got camera_to_worlds of shape "
+                          f"{tuple(cameras.camera_to_worlds.shape)}")
+    if cameras.times is not None:
+        raise ExportError("cameras with times (dynamic scenes) cannot be stored in a scene file")
+    types = cameras.camera_type.reshape(-1).tolist()
+    names = []
+    for t in types:
+        name = CameraType(int(t)).name
+        if name not in CAMERA_MODELS:
+            raise ExportError(f"camera model {name} cannot be stored in a scene file (supported: {', '.join(CAMERA_MODELS)})")
+        names.append(name)
+    if cameras.distortion_params is not None and tuple(cameras.distortion_params.shape) != (n, 6):
+        raise ExportError(f"expected 6 distortion parameters per camera, got shape {tuple(cameras.distortion_params.shape)}")
+    intr = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).reshape(n, 4).float()
+    dist = (torch.zeros(n, 6) if cameras.distortion_params is None else cameras.distortion_params.reshape(n, 6).float())
+    sizes = torch.cat([cameras.width, cameras.height], dim=-1).reshape(n, 2)
+    table = CameraTable(intr.cpu().numpy().astype(np.float32), dist.cpu().numpy().astype(np.float32),
+                        sizes.cpu().numpy().astype(np.int32),
+                        np.array([CAMERA_MODELS.index(m) for m in names], np.uint8))
+    try:
+        check_camera_table(table, n)
+    except BitstreamError as err:
+        raise ExportError(f"the cameras cannot be stored in a scene file: {str(err).removeprefix('camera intrinsics: ')}") from None
+    shared = CameraSet(
+        camera_model=names[0], width=int(table.sizes[0, 0]), height=int(table.sizes[0, 1]),
+        fx=float(table.intrinsics[0, 0]), fy=float(table.intrinsics[0, 1]), cx=float(table.intrinsics[0, 2]),
+        cy=float(table.intrinsics[0, 3]),
         dataparser_transform=tuple(tuple(float(v) for v in row) for row in transform.reshape(3, 4).tolist()),
         dataparser_scale=float(scale),
     )
+    same = all((a == a[:1]).all() for a in table.arrays()) and not (table.distortion != 0).any()
+    return shared, None if same else table
 
 
 @torch.no_grad()
 def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torch.Tensor, scale: float,
-                    packing: str = "lzma", tables: Optional[str] = None) -> Bitstream:
+                    packing: str = "lzma", tables: Optional[str] = None, dataparser=None) -> Bitstream:
     """The scene file of a trained model: entropy-coded planes and every decoder-side part.
 
     ``packing``: how the codec's parameter sections are stored (``CodecSettings.packing``): ``lzma``
@@ -118,6 +144,9 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     ``tables``: how the entropy coder's tables are chosen (``CodecSettings.tables``): ``exact`` (the
     same on every CPU; the default where the backbone allows it, i.e. not for cheng2020-anchor) or
     ``float`` (CompressAI's float tables, as format-2 files have them).
+
+    ``dataparser``: the nerfstudio data-parser config the run was trained with, recorded in the
+    header (``scenefile/datasets.py``; default: ``model.dataparser_config``, which training sets).
     """
     if packing not in PACKINGS:
         raise ExportError(f"packing must be one of {PACKINGS}, got {packing!r}")
@@ -135,6 +164,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     if tables == "exact" and codec.architecture == "cheng2020-anchor":
         raise ExportError("exact tables need a hyperprior backbone (cheng2020-anchor's context model has no exact path)")
     device = next(model.parameters()).device
+    dataparser_record = dataparser_extra(dataparser if dataparser is not None else getattr(model, "dataparser_config", None))
     was_training, was_exact = model.training, codec.exact_tables
     codec.exact_tables = codec.architecture != "cheng2020-anchor" if tables is None else tables == "exact"
     model.eval()
@@ -181,6 +211,9 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             sections.append(Section("context_model", params(*ctx)))
         mlp, grid, poses = field_payloads(model, cameras)
         sections += [Section("mlp", mlp), Section("grid", grid), Section("cameras", poses)]
+        shared_cameras, camera_table = camera_set(cameras, transform, scale)
+        if camera_table is not None:  # cameras that differ, or distortion: one row per camera
+            sections.append(Section("intrinsics", encode_intrinsics(camera_table)))
 
         info = codec.backbone_info
         aabb = model.scene_box.aabb.reshape(-1).tolist()
@@ -188,7 +221,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             model_id=MODEL_ID,
             backbone=BackboneId(info.architecture, info.N, info.M, info.sha256, source),
             field=FieldArch(spec.resolutions, spec.num_channels, spec.reduce, spec.hidden_dim,
-                            spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree),
+                            spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree, spec.contraction),
             levels=tuple(levels),
             codec=CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
                                 codec.config.adapt_heads, codec.gain, packing,
@@ -197,10 +230,11 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
                 grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),
                 early_stop_eps=model.config.early_stop_eps, near_plane=model.config.near_plane,
-                background=model.config.background_color,
+                background=model.config.background_color, grid_levels=int(model.sampler.levels),
+                cone_angle=float(model.sampler.cone_angle),
             ),
-            cameras=camera_set(cameras, transform, scale),
-            extra=(("codec_stage", str(int(model.codec_stage))),),
+            cameras=shared_cameras,
+            extra=(("codec_stage", str(int(model.codec_stage))),) + dataparser_record,
         )
         return Bitstream(header, tuple(sections))
     finally:
@@ -219,7 +253,7 @@ def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_dtype: torch
     """The payloads of the ``mlp`` (``mlp_dtype``), ``grid`` (packed bits + LZMA) and ``cameras``
     (LZMA float32 poses) sections, which every scene file carries besides the planes."""
     mlp = _arrays(*[p.to(mlp_dtype) for p in model.field.mlp_parameters()])
-    return mlp, encode_bits(model.sampler.binaries.cpu().numpy()), encode_poses(cameras.camera_to_worlds)
+    return mlp, encode_bits(model.sampler.level_binaries.cpu().numpy()), encode_poses(cameras.camera_to_worlds)
 
 
 def effective_alpha_thre(model: "NerfcodecModel") -> float:
@@ -303,6 +337,7 @@ def export_run(load_config: Path, output_path: Path, overwrite: bool = False,
     model = pipeline.model
     if getattr(model, "codec", None) is None:
         raise ExportError(f"{load_config} is not a nerfcodec run with a codec")
+    model.dataparser_config = pipeline.config.datamanager.dataparser  # recorded in the header
     if int(model.codec_stage) < 2:
         print(f"warning: the run stopped in codec stage {int(model.codec_stage)} (joint training is stage 2); "
               "the codec is not trained on this scene yet", file=sys.stderr)

@@ -24,18 +24,30 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections), 3
 ``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same), 4
-``CodecSettings.mix_images`` (channel mixing, ``mix.<level>`` sections)."""
-READABLE_VERSIONS = (1, 2, 3, 4)
+``CodecSettings.mix_images`` (channel mixing, ``mix.<level>`` sections), 5 real captures:
+``FieldArch.contraction``, ``RenderSettings.grid_levels`` and ``cone_angle`` (unbounded scenes) and
+the optional ``intrinsics`` section (per-camera intrinsics, camera models and distortion)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 """Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
-have float tables; versions 1 to 3 no channel mixing)."""
+have float tables; versions 1 to 3 no channel mixing; versions 1 to 4 bounded scenes and shared
+intrinsics only)."""
 #: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``); the format imports
 #: nothing of the codec, so the codec's ``MAX_MIX_IMAGES`` is the same number (tested).
 MAX_MIX_IMAGES = 8
-#: ``CodecSettings`` fields added by a format version: (name, version, what files before it mean).
-CODEC_FIELDS_ADDED = (("packing", 2, "raw"), ("tables", 3, "float"), ("mix_images", 4, 0))
+#: Header fields added by a format version: (part, name, version, what files before it mean).
+FIELDS_ADDED = (("codec", "packing", 2, "raw"), ("codec", "tables", 3, "float"), ("codec", "mix_images", 4, 0),
+                ("field", "contraction", 5, "none"), ("render", "grid_levels", 5, 1),
+                ("render", "cone_angle", 5, 0.0))
+#: Scene contractions a field may use (the field's ``CONTRACTIONS``, tested to agree): none (a
+#: bounded scene box), or mip-NeRF 360's contraction of all space into a box (L-inf) or ball (L2).
+CONTRACTIONS = ("none", "linf", "l2")
+#: Levels of the occupancy grid (level l covers the scene box scaled by 2**l about its centre).
+MAX_GRID_LEVELS = 8
+#: Largest cone angle of the ray marcher (step = max(t * cone_angle, render_step_size)).
+MAX_CONE_ANGLE = 1.0
 PACKINGS = ("raw", "lzma")
 """Storage of the codec's parameter sections (``CodecSettings.packing``)."""
 TABLES = ("float", "exact")
@@ -74,7 +86,7 @@ MAX_GRID_RESOLUTION = 160
 MAX_CAMERAS = 1 << 13
 #: Image width and height of the cameras, in pixels.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 16384
-#: Samples along the scene box's diagonal (diagonal / render_step_size): bounds rendering time.
+#: Samples along the outermost grid level's diagonal (diagonal / render_step_size): bounds rendering time.
 MAX_SAMPLES_PER_RAY = 1 << 16
 #: Smallest focal length (px): a field of view just under 180 degrees at the largest image side.
 MIN_FOCAL = 1e-2
@@ -84,9 +96,11 @@ MAX_MAGNITUDE = 1e6
 MIN_LATENT_GAIN, MAX_LATENT_GAIN = 2.0**-8, 2.0**8
 #: Spatial downsampling of y (the analysis transform) and of the padding (with the hyper-analysis).
 LATENT_STRIDE, PAD_MULTIPLE = 16, 64
-#: nerfstudio camera types a file may name (``nerfstudio.cameras.cameras.CameraType`` members) that
-#: render from fx, fy, cx, cy alone (the file stores no distortion; FISHEYE624 needs 16 more numbers).
+#: nerfstudio camera types a file may name (``nerfstudio.cameras.cameras.CameraType`` members): their
+#: rays come from fx, fy, cx, cy and nerfstudio's 6 distortion numbers (FISHEYE624 needs 16 numbers).
 CAMERA_MODELS = ("PERSPECTIVE", "FISHEYE", "EQUIRECTANGULAR", "ORTHOPHOTO")
+#: Camera models whose distortion nerfstudio applies (OPENCV radial-tangential, OPENCV_FISHEYE).
+DISTORTED_MODELS = ("PERSPECTIVE", "FISHEYE")
 #: Bound of the u32 length fields of the file and of its payloads.
 MAX_U32 = 0xFFFFFFFF
 _MAX_INT = 2**31 - 1  # bound of every integer header field (they all describe sizes or counts)
@@ -121,10 +135,11 @@ def limits() -> Dict[str, Any]:
         "latent symbols per plane": MAX_LATENT_SYMBOLS, "backbone N and M": MAX_BACKBONE_CHANNELS,
         "MLP width": MAX_MLP_WIDTH, "occupancy-grid resolution": MAX_GRID_RESOLUTION,
         "cameras": MAX_CAMERAS, "image side (px)": f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}",
-        "samples per ray (box diagonal / step)": MAX_SAMPLES_PER_RAY,
+        "samples per ray (outer grid diagonal / step)": MAX_SAMPLES_PER_RAY,
         "magnitude of header numbers": MAX_MAGNITUDE, "focal length (px)": f">= {MIN_FOCAL:g}",
         "latent gain": f"{MIN_LATENT_GAIN:g}..{MAX_LATENT_GAIN:g}", "header JSON bytes": MAX_HEADER_JSON_BYTES,
-        "camera models": ", ".join(CAMERA_MODELS),
+        "camera models": ", ".join(CAMERA_MODELS), "occupancy-grid levels": MAX_GRID_LEVELS,
+        "cone angle": f"0..{MAX_CONE_ANGLE:g}",
     }
 
 
@@ -224,6 +239,10 @@ class FieldArch:
     hidden_dim_color: int
     sh_degree: int
     """Spherical-harmonics degree of the view-direction encoding, 1..4."""
+    contraction: str = "none"
+    """Scene contraction (format 5): "none" (the planes cover the scene box; zero density outside it),
+    "linf" or "l2" (all space contracted into twice the box, which the planes cover). Files before
+    format 5 are read as "none"."""
 
     def __post_init__(self) -> None:
         o = "FieldArch"
@@ -241,7 +260,8 @@ class FieldArch:
              hidden_dim=_int(o, "hidden_dim", self.hidden_dim, 1, MAX_MLP_WIDTH),
              geo_feat_dim=_int(o, "geo_feat_dim", self.geo_feat_dim, 1, MAX_MLP_WIDTH),
              hidden_dim_color=_int(o, "hidden_dim_color", self.hidden_dim_color, 1, MAX_MLP_WIDTH),
-             sh_degree=_int(o, "sh_degree", self.sh_degree, 1, 4))
+             sh_degree=_int(o, "sh_degree", self.sh_degree, 1, 4),
+             contraction=_str(o, "contraction", self.contraction, CONTRACTIONS))
 
 
 @dataclass(frozen=True)
@@ -331,6 +351,12 @@ class RenderSettings:
     near_plane: float
     background: str
     """"white" or "black"."""
+    grid_levels: int = 1
+    """Occupancy-grid levels (format 5): level l covers the scene box scaled by 2**l about its centre;
+    the ``grid`` section holds ``[grid_levels, G, G, G]`` bits. Files before format 5 are read as 1."""
+    cone_angle: float = 0.0
+    """Ray-marching step growth (format 5): step = max(t * cone_angle, render_step_size) at distance t
+    (0: constant steps). Files before format 5 are read as 0."""
 
     def __post_init__(self) -> None:
         o = "RenderSettings"
@@ -338,16 +364,18 @@ class RenderSettings:
         if not all(box[i] < box[i + 3] for i in range(3)):
             raise _bad(o, "aabb", "min < max on every axis", box)
         step = _float(o, "render_step_size", self.render_step_size, positive=True)
-        diagonal = math.sqrt(sum((box[i + 3] - box[i]) ** 2 for i in range(3)))
+        levels = _int(o, "grid_levels", self.grid_levels, 1, MAX_GRID_LEVELS)
+        diagonal = math.sqrt(sum((box[i + 3] - box[i]) ** 2 for i in range(3))) * 2 ** (levels - 1)
         if diagonal / step > MAX_SAMPLES_PER_RAY:
-            raise _bad(o, "render_step_size", f"at least the box diagonal / {MAX_SAMPLES_PER_RAY} "
+            raise _bad(o, "render_step_size", f"at least the outer grid diagonal / {MAX_SAMPLES_PER_RAY} "
                        f"({diagonal / MAX_SAMPLES_PER_RAY:.3g})", step)
         _set(self, aabb=box, render_step_size=step,
              grid_resolution=_int(o, "grid_resolution", self.grid_resolution, 1, MAX_GRID_RESOLUTION),
              alpha_thre=_float(o, "alpha_thre", self.alpha_thre, 0.0, hi=1.0),
              early_stop_eps=_float(o, "early_stop_eps", self.early_stop_eps, 0.0, hi=1.0),
              near_plane=_float(o, "near_plane", self.near_plane, 0.0),
-             background=_str(o, "background", self.background, ("white", "black")))
+             background=_str(o, "background", self.background, ("white", "black")), grid_levels=levels,
+             cone_angle=_float(o, "cone_angle", self.cone_angle, 0.0, hi=MAX_CONE_ANGLE))
 
 
 @dataclass(frozen=True)
@@ -506,9 +534,9 @@ def encode_header(header: Header) -> bytes:
 def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
     """Inverse of :func:`encode_header`; any problem is a one-line :class:`BitstreamError`.
 
-    ``version``: the file's format version. Version 1 headers have no ``codec.packing`` (read as
-    ``raw``), versions 1 and 2 no ``codec.tables`` (read as ``float``); otherwise every field is
-    required."""
+    ``version``: the file's format version. A header of a version before a field was added
+    (:data:`FIELDS_ADDED`) has no such field and gets the value files of then mean; otherwise every
+    field is required."""
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(bytes(data), MAX_HEADER_JSON_BYTES + 1)
@@ -531,11 +559,11 @@ def decode_header(data: bytes, version: int = FORMAT_VERSION) -> Header:
         raise BitstreamError(f"header: invalid JSON ({exc.msg} at char {exc.pos})") from None
     except (ValueError, RecursionError) as exc:  # e.g. int too long to convert, nesting too deep
         raise BitstreamError(f"header: invalid JSON ({type(exc).__name__})") from None
-    for name, added_in, before in CODEC_FIELDS_ADDED:
-        if version < added_in and isinstance(value, dict) and isinstance(value.get("codec"), dict):
-            if name in value["codec"]:
-                raise BitstreamError(f"header: format version {version} has no codec.{name} field")
-            value["codec"][name] = before
+    for part, name, added_in, before in FIELDS_ADDED:
+        if version < added_in and isinstance(value, dict) and isinstance(value.get(part), dict):
+            if name in value[part]:
+                raise BitstreamError(f"header: format version {version} has no {part}.{name} field")
+            value[part][name] = before
     try:
         return _from_json(Header, value, "header")
     except BitstreamError as exc:

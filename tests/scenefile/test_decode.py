@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import eval_psnr
+
 from nerfcodec_ns.cli import entrypoint
 from nerfcodec_ns.scenefile.container import Bitstream, Section, pack, read_file, unpack
 from nerfcodec_ns.scenefile.decode import DecodeError, build_model, decode_bitstream, decode_file
@@ -44,7 +46,7 @@ def test_decode_equals_training_time_quantized_planes_exactly(trained, tiny_nfc,
         assert torch.equal(got, want.cpu())
     for got, p in zip(scene.mlp, trained.model.field.mlp_parameters()):
         assert torch.equal(got, p.detach().half().float())
-    assert torch.equal(scene.grid, trained.model.sampler.binaries.cpu())
+    assert torch.equal(scene.grid, trained.model.sampler.level_binaries.cpu())
 
 
 def test_decoded_model_renders_what_training_evaluation_renders(trained, tiny_nfc, tiny_backbone):
@@ -90,17 +92,10 @@ def test_decoded_run_loads_through_eval_setup_without_the_original_images(decode
 
 
 def test_decoded_run_with_original_data_gives_the_training_psnr(tiny_run, tiny_nfc, tiny_backbone, tiny_scene, tmp_path):
-    from nerfstudio.utils.eval_utils import eval_setup
-
     from nerfcodec_ns.scenefile.decode import write_run
 
     result = write_run(tiny_nfc[0], tmp_path / "with_data", data=tiny_scene, weights=tiny_backbone)
-    psnr = []
-    for config in (result.config_path, tiny_run):
-        _, pipeline, _, _ = eval_setup(config, test_mode="val")
-        with torch.no_grad():
-            psnr.append(pipeline.get_average_eval_image_metrics()["psnr"])
-    assert psnr[0] == pytest.approx(psnr[1], abs=1e-4), psnr
+    assert eval_psnr(result.config_path) == pytest.approx(eval_psnr(tiny_run), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -230,7 +225,7 @@ def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_nfc, tiny_back
         scene = scene._replace(grid=grid)
     model = build_model(scene)
     assert effective_alpha_thre(model) == scene.header.render.alpha_thre
-    assert torch.equal(model.sampler.binaries, scene.grid)
+    assert torch.equal(model.sampler.level_binaries, scene.grid)
 
 
 def test_ns_render_renders_the_decoded_run(decoded_run, tmp_path):

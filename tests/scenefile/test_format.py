@@ -208,7 +208,7 @@ def test_format_modules_do_not_import_torch():
         "sys.modules['nerfcodec_ns'] = pkg  # the package __init__ imports torch (checkpoint shims)\n"
         "from nerfcodec_ns import atomic\n"
         "from nerfcodec_ns.scenefile import cameras, container, header, payload\n"
-        "assert container.MAGIC and header.FORMAT_VERSION == 4 and payload.decode_array and cameras.decode_poses\n"
+        "assert container.MAGIC and header.FORMAT_VERSION == 5 and payload.decode_array and cameras.decode_poses\n"
         "print('torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -430,8 +430,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=5)) == (
-        "unsupported format version 5 (this reader knows 1, 2, 3, 4)")
+    assert error_of(frame(header, sections, version=6)) == (
+        "unsupported format version 6 (this reader knows 1, 2, 3, 4, 5)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -637,7 +637,7 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"NFC\x00\x07\x00")
     with pytest.raises(BitstreamError) as info:
         read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4)"
+    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4, 5)"
 
 
 def test_version_1_files_still_read_and_cannot_claim_packed_sections():
@@ -647,10 +647,12 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
 
     sections = [("y.0", b"abc")]
 
-    def legacy_header(drop, **codec):
-        value = _json.loads(header_json(make_header(codec=CodecSettings(8, 8, True, True, 1.0, **codec))))
+    def legacy_header(drop, adapt=True, **codec):
+        """A header as writers before format 5 made it, without the codec fields in ``drop``."""
+        value = _json.loads(header_json(make_header(codec=CodecSettings(8, 8, True, adapt, 1.0, **codec))))
         for name in drop:
             del value["codec"][name]
+        del value["field"]["contraction"], value["render"]["grid_levels"], value["render"]["cone_angle"]
         return zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
 
     back = unpack(frame(legacy_header(("packing", "tables", "mix_images")), sections, version=1))  # what a version-1 writer produced
@@ -667,7 +669,7 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
     assert "missing field 'tables'" in error_of(frame(legacy_header(("tables", "mix_images")), sections, version=3))
     # format 4 names its channel mixing; versions before it cannot, and read as none
     assert unpack(frame(exact, sections, version=3)).header.codec.mix_images == 0
-    mixed = encode_header(make_header(codec=CodecSettings(8, 8, True, False, 1.0, "lzma", "exact", 2)))
+    mixed = legacy_header((), adapt=False, packing="lzma", tables="exact", mix_images=2)
     assert unpack(frame(mixed, sections, version=4)).header.codec.mix_images == 2
     assert error_of(frame(mixed, sections, version=3)) == "header: format version 3 has no codec.mix_images field"
     assert "missing field 'mix_images'" in error_of(frame(exact, sections, version=4))
@@ -675,7 +677,38 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         value = _json.loads(header_json(make_header()))
         value["codec"]["mix_images"] = bad
         blob = zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
-        assert "mix_images" in error_of(frame(blob, sections, version=4))
+        assert "mix_images" in error_of(frame(blob, sections, version=5))
+    # format 5 names the contraction, grid levels and cone angle; versions before it cannot
+    assert unpack(frame(mixed, sections, version=4)).header.render.grid_levels == 1
+    assert unpack(frame(mixed, sections, version=4)).header.field.contraction == "none"
+    assert error_of(frame(encode_header(make_header()), sections, version=4)) == (
+        "header: format version 4 has no field.contraction field")
+    assert "missing field 'contraction'" in error_of(frame(mixed, sections, version=5))
+
+
+def test_version_5_unbounded_fields_are_checked():
+    """Contraction names, grid levels and cone angles outside the format's range are refused, and the
+    sample bound counts the outermost grid level."""
+    import dataclasses
+
+    from nerfcodec_ns.scenefile.header import MAX_SAMPLES_PER_RAY, FieldArch, RenderSettings
+
+    h = make_header()
+    for bad in ("sphere", "", 1):
+        with pytest.raises(BitstreamError, match="contraction"):
+            FieldArch(**{**dataclasses.asdict(h.field), "contraction": bad})
+    render = dataclasses.asdict(h.render)
+    for name, bad in (("grid_levels", 0), ("grid_levels", 9), ("cone_angle", -0.1), ("cone_angle", 2.0)):
+        with pytest.raises(BitstreamError, match=name):
+            RenderSettings(**{**render, name: bad})
+    box = render["aabb"]
+    diagonal = sum((box[i + 3] - box[i]) ** 2 for i in range(3)) ** 0.5
+    step = 1.01 * diagonal / MAX_SAMPLES_PER_RAY
+    RenderSettings(**{**render, "render_step_size": step})
+    with pytest.raises(BitstreamError, match="outer grid diagonal"):
+        RenderSettings(**{**render, "render_step_size": step, "grid_levels": 2})
+    ok = RenderSettings(**{**render, "grid_levels": 4, "cone_angle": 1 / 256})
+    assert (ok.grid_levels, ok.cone_angle) == (4, 1 / 256)
 
 
 def test_the_format_and_the_codec_agree_on_names_and_bounds():
