@@ -43,7 +43,11 @@ class Args:
     steps: int = 60
     """Timed steps per method and scene, after the warm-up."""
     warmup: int = 64
-    """Untimed steps first (nerfcodec's occupancy grid prunes during its first 64 steps)."""
+    """Untimed nerfcodec steps first (its occupancy grid prunes during its first 64 steps)."""
+    nerfacto_warmup: int = 4
+    """Untimed nerfacto steps first."""
+    nerfacto_steps: int = 20
+    """Timed nerfacto steps (slower per step on a CPU)."""
     window: int = 20
     """Steps per reported window."""
     procedural_resolution: int = 128
@@ -77,10 +81,11 @@ def time_one(method: str, data: Path, args: Args) -> Dict:
     cfg.set_timestamp()
     trainer = cfg.setup(local_rank=0, world_size=1)
     trainer.setup()
-    for step in range(args.warmup):
+    warmup, steps = (args.warmup, args.steps) if method == "nerfcodec" else (args.nerfacto_warmup, args.nerfacto_steps)
+    for step in range(warmup):
         train_step(trainer, step)
     windows = []
-    for start in range(args.warmup, args.warmup + args.steps, args.window):
+    for start in range(warmup, warmup + steps, args.window):
         t0 = time.perf_counter()
         for step in range(start, start + args.window):
             train_step(trainer, step)
@@ -117,12 +122,14 @@ def main(args: Args) -> Dict:
             print(f"skipping {name}: {SHARED / name} not found", flush=True)
     result: Dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device cpu",
                     "threads": os.environ.get("OMP_NUM_THREADS", "default"), "rays_per_batch": args.rays,
-                    "warmup_steps": args.warmup, "timed_steps": args.steps, "runs": {}}
+                    "warmup_steps": {"nerfcodec": args.warmup, "nerfacto": args.nerfacto_warmup},
+                    "timed_steps": {"nerfcodec": args.steps, "nerfacto": args.nerfacto_steps}, "runs": {}}
     for name, folder in scenes.items():
         for method in args.methods:
             part = Path(tempfile.mkdtemp()) / "part.json"
             cmd = [sys.executable, __file__, "--only", method, str(folder), str(part), "--rays", str(args.rays),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--window", str(args.window)]
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--window", str(args.window),
+                   "--nerfacto-warmup", str(args.nerfacto_warmup), "--nerfacto-steps", str(args.nerfacto_steps)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True)
             run = json.loads(part.read_text())

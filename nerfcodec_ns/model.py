@@ -64,8 +64,9 @@ class NerfcodecModelConfig(ModelConfig):
     """Width of the colour MLP."""
     sh_degree: int = 4
     """Spherical-harmonics levels of the view-direction encoding."""
-    grid_resolution: int = 128
-    """Occupancy grid cells per axis (per level)."""
+    grid_resolution: Optional[int] = None
+    """Occupancy grid cells per axis (per level); None: 128 for a bounded scene, 64 with a contraction
+    (4 levels of 128^3 cells cost 8.4 M density evaluations per full grid update on a CPU)."""
     scene_contraction: Literal["auto", "none", "linf", "l2"] = "auto"
     """Unbounded scenes: "none" (the planes cover the scene box, nothing outside it), "linf" or "l2"
     (mip-NeRF 360's contraction of all space into twice the box, which the planes cover, as K-Planes
@@ -76,9 +77,11 @@ class NerfcodecModelConfig(ModelConfig):
     scene, 4 with a contraction (nerfacc's unbounded setting)."""
     cone_angle: Optional[float] = None
     """Ray-marching step growth: step = max(t * cone_angle, render_step_size); None: 0 for a bounded
-    scene, 1/256 with a contraction (steps grow with distance, as nerfacc's unbounded setting)."""
+    scene, 1/64 with a contraction (steps grow with distance beyond about one box half-size)."""
     render_step_size: Optional[float] = None
-    """Ray-marching step in world units; None: scene-box diagonal / 512."""
+    """Ray-marching step in world units; None: scene-box diagonal / 512 for a bounded scene, / 128 with a
+    contraction (a capture fills its box: at / 512 a ray there took 250-420 samples, 7-20 s a step on
+    this CPU; docs/real_captures.md)."""
     near_plane: float = 0.0
     """Rays start no closer than this to the camera (world units)."""
     alpha_thre: float = 0.01
@@ -136,12 +139,17 @@ class NerfcodecModelConfig(ModelConfig):
         """The scene contraction in use ("auto" not resolved by the pipeline counts as "none")."""
         return "none" if self.scene_contraction == "auto" else self.scene_contraction
 
-    def sampler_levels(self) -> Tuple[int, float]:
-        """Occupancy-grid levels and cone angle in use (the defaults follow the contraction)."""
+    def sampler_settings(self, aabb: Tensor) -> Tuple[int, float, int, float]:
+        """Grid resolution, marching step (world units, for the ``[2, 3]`` scene box), grid levels and
+        cone angle in use (the defaults follow the contraction)."""
         unbounded = self.contraction() != "none"
+        res = self.grid_resolution if self.grid_resolution is not None else (64 if unbounded else 128)
+        step = self.render_step_size
+        if step is None:
+            step = float((aabb[1] - aabb[0]).norm()) / (128.0 if unbounded else 512.0)
         levels = self.grid_levels if self.grid_levels is not None else (4 if unbounded else 1)
-        cone = self.cone_angle if self.cone_angle is not None else (1.0 / 256 if unbounded else 0.0)
-        return int(levels), float(cone)
+        cone = self.cone_angle if self.cone_angle is not None else (1.0 / 64 if unbounded else 0.0)
+        return int(res), float(step), int(levels), float(cone)
 
     def field_spec(self) -> TriplaneFieldSpec:
         """The field architecture this config describes."""
@@ -166,11 +174,8 @@ class NerfcodecModel(Model):
         super().populate_modules()
         aabb = self.scene_box.aabb.float()  # [2, 3]
         self.field = TriplaneField(aabb, self.config.field_spec())
-        step = self.config.render_step_size
-        if step is None:
-            step = float((aabb[1] - aabb[0]).norm()) / 512.0
-        levels, cone = self.config.sampler_levels()
-        self.sampler = OccupancySampler(aabb.reshape(-1), self.config.grid_resolution, step, levels=levels, cone_angle=cone)
+        res, step, levels, cone = self.config.sampler_settings(aabb)
+        self.sampler = OccupancySampler(aabb.reshape(-1), res, step, levels=levels, cone_angle=cone)
         bg = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}[self.config.background_color]
         self.register_buffer("background", torch.tensor(bg), persistent=False)
         # Not an nn.Module attribute: kept out of state_dict and checkpoints.

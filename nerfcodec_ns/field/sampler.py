@@ -439,6 +439,7 @@ class OccupancySampler(torch.nn.Module):
                                           levels=levels)
         self.step_size = step_size
         self.backend = backend
+        self.grid_resolution = int(grid_resolution)
         self.levels = levels
         self.cone_angle = cone_angle
         march = aabb.reshape(-1).float() if levels == 1 else self.estimator.aabbs[-1]

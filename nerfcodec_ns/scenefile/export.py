@@ -228,7 +228,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                                 "exact" if codec.exact_tables else "float", codec.mix_images),
             render=RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
-                grid_resolution=int(model.config.grid_resolution), alpha_thre=effective_alpha_thre(model),
+                grid_resolution=model.sampler.grid_resolution, alpha_thre=effective_alpha_thre(model),
                 early_stop_eps=model.config.early_stop_eps, near_plane=model.config.near_plane,
                 background=model.config.background_color, grid_levels=int(model.sampler.levels),
                 cone_angle=float(model.sampler.cone_angle),

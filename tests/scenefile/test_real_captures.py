@@ -42,7 +42,8 @@ def test_auto_contraction_picks_the_unbounded_field_for_a_capture(capture_run):
     _, pipeline, _, _ = eval_setup(capture_run, test_mode="inference")
     model = pipeline.model
     assert model.field.spec.contraction == "linf"
-    assert model.sampler.levels == 4 and model.sampler.cone_angle == pytest.approx(1 / 256)
+    assert model.sampler.levels == 4 and model.sampler.cone_angle == pytest.approx(1 / 64)
+    assert model.sampler.grid_resolution == 32  # the tiny runs' setting (the unbounded default is 64)
 
 
 def test_the_scene_file_keeps_the_cameras_contraction_and_data_parser(capture_run, capture_nfc):
