@@ -170,3 +170,45 @@ def test_landing_on_a_size_target_keeps_the_gain_in_the_header_range(monkeypatch
     gain, size = model.land_on_target(None)
     assert gain <= MAX_LATENT_GAIN and model.codec.gain <= MAX_LATENT_GAIN
     assert gain > 200.0 and size == int(1000 * gain)  # it did move up, as far as allowed
+
+
+@pytest.mark.parametrize("background", ["white", "black"])
+def test_rgba_targets_are_composited_over_the_background(background):
+    """Masked captures (RGBA that nerfstudio-data leaves unblended) train against the colour the
+    renderer composites the field over; RGB targets are used as they are."""
+    model = _model(background_color=background)
+    g = torch.Generator().manual_seed(2)
+    rgba = torch.rand(32, 4, generator=g)
+    bg = 1.0 if background == "white" else 0.0
+    expected = rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
+    assert torch.allclose(model.ground_truth({"image": rgba}), expected)
+    assert torch.equal(model.ground_truth({"image": rgba[:, :3]}), rgba[:, :3])
+    bundle, batch = _batch(32)
+    model.eval()
+    with torch.no_grad():
+        outputs = model.get_outputs(bundle)
+    loss = model.get_loss_dict(outputs, {"image": rgba})["rgb_loss"]
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(outputs["rgb"], expected))
+
+
+def test_auto_contraction_follows_where_the_cameras_stand():
+    """Cameras outside the scene box (an object, Blender) keep the bounded field; cameras inside it
+    (a capture of surroundings) get the L-inf contraction; explicit settings are kept."""
+    from nerfstudio.cameras.cameras import Cameras
+
+    from nerfcodec_ns.model import auto_contraction
+
+    box = SceneBox(aabb=torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]))
+
+    def cams(radius):
+        c2w = torch.eye(4)[:3].expand(6, 3, 4).clone()
+        c2w[:, :3, 3] = radius * torch.nn.functional.normalize(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+        return Cameras(camera_to_worlds=c2w, fx=50.0, fy=50.0, cx=16.0, cy=16.0, width=32, height=32)
+
+    assert auto_contraction(cams(4.0), box) == "none"
+    assert auto_contraction(cams(1.0), box) == "linf"
+    assert NerfcodecModelConfig(scene_contraction="auto").contraction() == "none"  # unresolved: bounded
+    assert NerfcodecModelConfig(scene_contraction="l2").field_spec().contraction == "l2"
+    cfg = NerfcodecModelConfig(scene_contraction="linf")
+    assert cfg.sampler_settings(box.aabb) == (64, pytest.approx(3 * 3**0.5 / 128), 4, 1 / 64)
+    assert NerfcodecModelConfig().sampler_settings(box.aabb) == (128, pytest.approx(3 * 3**0.5 / 512), 1, 0.0)
