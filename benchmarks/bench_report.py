@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import tyro
 
@@ -28,25 +28,30 @@ class Args:
     """Where to write the rate-distortion plot (PNG)."""
     title: str = "lego: val PSNR vs scene file size"
     """Plot title."""
-    nerfcodec_from: Optional[Path] = None
-    """Take the NeRFCodec points (families nerfcodec*) from this results.json instead."""
+    nerfcodec_from: Tuple[Path, ...] = ()
+    """Take the NeRFCodec points (families nerfcodec*) from these results.json files instead (e.g. one
+    run per lambda)."""
     out: Optional[Path] = None
     """Write the (merged) results, with the recomputed BD table, to this JSON file."""
 
 
 def main(args: Args) -> None:
     result = json.loads(args.results.read_text())
-    if args.nerfcodec_from is not None:
-        other = json.loads(args.nerfcodec_from.read_text())
-        for key in ("base_config", "num_eval_images", "split"):
-            if other.get(key) != result.get(key):
-                raise SystemExit(f"{args.nerfcodec_from}: {key} is {other.get(key)!r}, the baselines' run has {result.get(key)!r}")
-        if abs(other["reference"]["psnr"] - result["reference"]["psnr"]) > 1e-6:
-            raise SystemExit(f"{args.nerfcodec_from}: the uncompressed field scores differently: not the same field or images")
+    if args.nerfcodec_from:
         result["points"] = [p for p in result["points"] if not p["family"].startswith("nerfcodec")]
+        result["nerfcodec_from"] = []
+    for path in args.nerfcodec_from:
+        other = json.loads(path.read_text())
+        for key in ("base_config", "num_eval_images", "split"):
+            mine, theirs = other.get(key), result.get(key)
+            if key == "base_config":  # the same run, named relative to the repository or absolute
+                mine, theirs = str(Path(mine).resolve()), str(Path(theirs).resolve())
+            if mine != theirs:
+                raise SystemExit(f"{path}: {key} is {other.get(key)!r}, the baselines' run has {result.get(key)!r}")
+        if abs(other["reference"]["psnr"] - result["reference"]["psnr"]) > 1e-6:
+            raise SystemExit(f"{path}: the uncompressed field scores differently: not the same field or images")
         result["points"] += [p for p in other["points"] if p["family"].startswith("nerfcodec")]
-        result["nerfcodec_from"] = {"file": str(args.nerfcodec_from), "config": other.get("config"),
-                                    "times_s": other.get("times_s")}
+        result["nerfcodec_from"].append({"file": str(path), "config": other.get("config"), "times_s": other.get("times_s")})
     result["bd"] = bd_table(result["points"])
     print(markdown_report(result))
     if args.out is not None:
