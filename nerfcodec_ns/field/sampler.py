@@ -153,12 +153,13 @@ def _constant_steps(
 ) -> tuple[Int[Tensor, "n"], Float[Tensor, "n"], Float[Tensor, "n"]]:
     """Steps ``t_near + k * step_size`` up to ``t_far`` (the last one cut there); with ``coarse``,
     blocks of steps in empty coarse cells are left out."""
-    n_steps = torch.ceil((t_far - t_near) / step_size).clamp(min=0).long()
+    steps = _Steps(t_near, t_far, step_size, 0.0)
+    n_steps = steps.count
     if coarse is not None and coarse.block > 1:
         block = coarse.block
         n_blocks = (n_steps + block - 1) // block
         b_ray, b_k = _expand(n_blocks)
-        b_start = t_near[b_ray] + (b_k * block).to(origins.dtype) * step_size
+        b_start, _ = steps.bounds(b_ray, b_k * block)
         b_end = torch.minimum(b_start + block * step_size, t_far[b_ray])
         b_mid = 0.5 * (b_start + b_end)
         keep = coarse.lookup(origins[b_ray] + b_mid[:, None] * directions[b_ray])
@@ -169,9 +170,7 @@ def _constant_steps(
         k = b_k[j_block] * block + j
     else:
         ray_indices, k = _expand(n_steps)
-    t_starts = t_near[ray_indices] + k.to(origins.dtype) * step_size
-    t_ends = torch.minimum(t_starts + step_size, t_far[ray_indices])
-    return ray_indices, t_starts, t_ends
+    return (ray_indices, *steps.bounds(ray_indices, k))
 
 
 class _Steps:

@@ -118,6 +118,12 @@ def decode_intrinsics(payload: bytes, n: int) -> CameraTable:
     return table
 
 
+def file_camera_table(bs, n: int) -> Optional[CameraTable]:
+    """The ``intrinsics`` section of a read file (a ``container.Bitstream``) for its ``n`` cameras,
+    checked; None when the file has none (every camera has the header's intrinsics)."""
+    return decode_intrinsics(bs.section("intrinsics"), n) if bs.has_section("intrinsics") else None
+
+
 def camera_batch(header: Header, poses: np.ndarray, size: Optional[int] = None,
                  table: Optional[CameraTable] = None) -> "Cameras":
     """nerfstudio ``Cameras`` for the file's poses, with the per-camera ``table`` when the file has one

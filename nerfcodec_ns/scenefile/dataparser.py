@@ -36,7 +36,7 @@ class NfcDataParser(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         from PIL import Image
 
-        from nerfcodec_ns.scenefile.cameras import camera_batch, decode_intrinsics, decode_poses
+        from nerfcodec_ns.scenefile.cameras import camera_batch, decode_poses, file_camera_table
         from nerfcodec_ns.scenefile.container import read_file
 
         folder = Path(self.config.data)
@@ -49,8 +49,7 @@ class NfcDataParser(DataParser):
         with Image.open(views[0]) as img:
             size = max(img.size)
         h = bs.header
-        table = decode_intrinsics(bs.section("intrinsics"), len(poses)) if bs.has_section("intrinsics") else None
-        cameras = camera_batch(h, poses, size, table)
+        cameras = camera_batch(h, poses, size, file_camera_table(bs, len(poses)))
         aabb = torch.tensor(h.render.aabb, dtype=torch.float32).reshape(2, 3)
         bg = torch.tensor([1.0, 1.0, 1.0] if h.render.background == "white" else [0.0, 0.0, 0.0])
         transform = torch.tensor(h.cameras.dataparser_transform, dtype=torch.float32)

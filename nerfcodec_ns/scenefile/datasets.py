@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
     from nerfcodec_ns.scenefile.header import Header
 
-#: Data parsers ``decode --data`` is tested with (any registered one is accepted).
-KNOWN_PARSERS = ("blender-data", "nerfstudio-data", "colmap", "instant-ngp-data")
 #: Largest camera-pose difference (world units, any matrix entry) between the data set's training
 #: cameras and the file's float32 poses for them to count as the same cameras.
 POSE_TOLERANCE = 1e-4

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from nerfcodec_ns.atomic import current_umask
-from nerfcodec_ns.scenefile.cameras import CameraTable, camera_batch, decode_intrinsics, decode_poses
+from nerfcodec_ns.scenefile.cameras import CameraTable, camera_batch, decode_poses, file_camera_table
 from nerfcodec_ns.scenefile.container import Bitstream, read_file
 from nerfcodec_ns.scenefile.export import zoo_quality
 from nerfcodec_ns.scenefile.header import MODEL_ID, BackboneId, BitstreamError, FieldArch, Header
@@ -285,8 +285,8 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
     g = h.render.grid_resolution
     grid = torch.from_numpy(decode_bits(bs.section("grid"), (h.render.grid_levels, g, g, g)))
     poses = decode_poses(bs.section("cameras"))
-    table = decode_intrinsics(bs.section("intrinsics"), len(poses)) if bs.has_section("intrinsics") else None
-    return DecodedScene(h, planes, [torch.from_numpy(a.astype(np.float32)) for a in mlp], grid, poses, table)
+    return DecodedScene(h, planes, [torch.from_numpy(a.astype(np.float32)) for a in mlp], grid, poses,
+                        file_camera_table(bs, len(poses)))
 
 
 def decode_file(path: Path, weights: Optional[Path] = None) -> DecodedScene:

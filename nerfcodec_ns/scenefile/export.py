@@ -163,6 +163,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
     source = backbone_source(codec)  # refuses backbones a decoder cannot reproduce
     if tables == "exact" and codec.architecture == "cheng2020-anchor":
         raise ExportError("exact tables need a hyperprior backbone (cheng2020-anchor's context model has no exact path)")
+    # cameras the format cannot hold are refused before any plane is coded
+    shared_cameras, camera_table = camera_set(cameras, transform, scale)
     device = next(model.parameters()).device
     dataparser_record = dataparser_extra(dataparser if dataparser is not None else getattr(model, "dataparser_config", None))
     was_training, was_exact = model.training, codec.exact_tables
@@ -211,7 +213,6 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             sections.append(Section("context_model", params(*ctx)))
         mlp, grid, poses = field_payloads(model, cameras)
         sections += [Section("mlp", mlp), Section("grid", grid), Section("cameras", poses)]
-        shared_cameras, camera_table = camera_set(cameras, transform, scale)
         if camera_table is not None:  # cameras that differ, or distortion: one row per camera
             sections.append(Section("intrinsics", encode_intrinsics(camera_table)))
 

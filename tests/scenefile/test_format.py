@@ -718,3 +718,6 @@ def test_the_format_and_the_codec_agree_on_names_and_bounds():
 
     assert header.MAX_MIX_IMAGES == settings.MAX_MIX_IMAGES
     assert header.ARCHITECTURES == settings.ARCHITECTURES
+    from nerfcodec_ns.field import contraction
+
+    assert header.CONTRACTIONS == contraction.CONTRACTIONS
