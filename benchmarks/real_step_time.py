@@ -62,25 +62,15 @@ class Args:
 
 def time_one(method: str, data: Path, args: Args) -> Dict:
     import torch
-    from nerfstudio.configs.method_configs import all_methods
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from trainer_step import fake_alexnet_home, train_step
+    from trainer_step import cpu_trainer, fake_alexnet_home, train_step
 
     torch.manual_seed(0)
     if method != "nerfcodec":
         os.environ["TORCH_HOME"] = fake_alexnet_home()
-    cfg = all_methods[method]
-    cfg.pipeline.datamanager.dataparser = NerfstudioDataParserConfig(eval_mode="interval")
-    cfg.pipeline.datamanager.data = data
-    cfg.pipeline.datamanager.train_num_rays_per_batch = args.rays
-    cfg.machine.device_type = "cpu"
-    cfg.output_dir = Path(tempfile.mkdtemp(prefix="real_step_time_"))
-    cfg.vis = "tensorboard"
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = cpu_trainer(method, data, Path(tempfile.mkdtemp(prefix="real_step_time_")), rays=args.rays,
+                          dataparser=NerfstudioDataParserConfig(eval_mode="interval"))
     warmup, steps = (args.warmup, args.steps) if method == "nerfcodec" else (args.nerfacto_warmup, args.nerfacto_steps)
     for step in range(warmup):
         train_step(trainer, step)

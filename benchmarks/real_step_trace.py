@@ -11,7 +11,6 @@ The method is set up as `ns-train nerfcodec --data DATA nerfstudio-data --eval-m
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,24 +35,14 @@ class Args:
 
 def main(args: Args) -> list:
     import torch
-    from nerfstudio.configs.method_configs import all_methods
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from trainer_step import train_step
+    from trainer_step import cpu_trainer, train_step
 
     torch.manual_seed(0)
-    cfg = all_methods["nerfcodec"]
-    cfg.pipeline.datamanager.dataparser = NerfstudioDataParserConfig(eval_mode="interval")
-    cfg.pipeline.datamanager.data = args.data
-    for key, value in json.loads(args.set).items():
-        setattr(cfg.pipeline.model, key, value)
-    cfg.machine.device_type = "cpu"
-    cfg.output_dir = Path(tempfile.mkdtemp(prefix="real_step_trace_"))
-    cfg.vis = "tensorboard"
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = cpu_trainer("nerfcodec", args.data, Path(tempfile.mkdtemp(prefix="real_step_trace_")),
+                          dataparser=NerfstudioDataParserConfig(eval_mode="interval"),
+                          model_settings=json.loads(args.set))
     model = trainer.pipeline.model
     print(f"aabb {model.scene_box.aabb.tolist()} step {model.sampler.step_size:.4g} levels {model.sampler.levels} "
           f"grid {model.sampler.grid_resolution} cone {model.sampler.cone_angle:.4g} "

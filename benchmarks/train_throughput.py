@@ -49,20 +49,11 @@ class Args:
 
 
 def _setup_trainer(method: str, data: Path, rays: int, out_dir: Path):
-    from nerfstudio.configs.method_configs import all_methods
+    from trainer_step import cpu_trainer
 
-    cfg = all_methods[method]
-    cfg.pipeline.datamanager.data = data
-    cfg.pipeline.datamanager.train_num_rays_per_batch = rays
-    cfg.machine.device_type = "cpu"
-    cfg.output_dir = out_dir
-    cfg.vis = "tensorboard"
-    if method == "nerfcodec":
-        cfg.pipeline.model.codec_enabled = False  # the base field: what is compared with tensorf
-    cfg.set_timestamp()
-    trainer = cfg.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    # nerfcodec: the base field (codec off), what is compared with tensorf
+    settings = {"codec_enabled": False} if method == "nerfcodec" else {}
+    return cpu_trainer(method, data, out_dir, rays=rays, model_settings=settings)
 
 
 def _time_steps(trainer, start: int, n: int) -> float:
