@@ -11,7 +11,7 @@ joint training lets the field and MLP adapt to it (so a lower bound on the rank'
     python benchmarks/rank_probe.py --base outputs/s7/b96_frozen/field/base/nerfcodec/run/config.yml \
         --components 3 6 9 12 16 --eval-images 20 --out docs/bench/rank_probe_lego200.json
     python benchmarks/rank_probe.py --base ... --components 16 --clip-sigmas 4 0 8 --asinh 1 \
-        --noise 0 0.02 --eval-images 20 --out docs/bench/range_probe_lego200.json
+        --noise 0 0.02 0.05 --eval-images 20 --out docs/bench/range_probe_lego200.json
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def project(planes: torch.Tensor, kept: int, clip_sigmas: float, asinh: float = 
     """``planes`` [3, C, R, R] mapped to [0, 1] per channel (the codec's clipped normalisation, or
     the asinh companding when ``asinh`` > 0), projected per plane on ``kept`` principal components,
     noise added, mapped back; also the fraction of the normalised variance kept (mean over planes)."""
-    from nerfcodec_ns.codec.plane import plane_stats
+    from nerfcodec_ns.codec.plane import PlaneCodec, plane_stats
 
     p = planes.float()
     if asinh > 0:
@@ -62,20 +62,19 @@ def project(planes: torch.Tensor, kept: int, clip_sigmas: float, asinh: float = 
         lo, span = t.amin(dim=(2, 3), keepdim=True), (t.amax(dim=(2, 3), keepdim=True) - t.amin(dim=(2, 3), keepdim=True)).clamp_min(1e-12)
         x = (t - lo) / span
     else:
-        lo16, hi16 = plane_stats(planes, clip_sigmas)
-        lo, span = lo16.float()[..., None, None], (hi16.float() - lo16.float()).clamp_min(1e-12)[..., None, None]
+        lo, span = PlaneCodec._offset_span(*plane_stats(planes, clip_sigmas))
         x = (p - lo) / span
         if clip_sigmas > 0:
             x = x.clamp(0.0, 1.0)
     three, C, R, _ = x.shape
     out, shares = torch.empty_like(x), []
-    for p in range(three):
-        X = x[p].reshape(C, R * R).double()
+    for i in range(three):
+        X = x[i].reshape(C, R * R).double()
         centre = X.mean(dim=1, keepdim=True)
         centred = X - centre
         vals, vecs = torch.linalg.eigh(centred @ centred.T)
         U = vecs.flip(1)[:, : min(kept, C)]
-        out[p] = (centre + U @ (U.T @ centred)).reshape(C, R, R).float()
+        out[i] = (centre + U @ (U.T @ centred)).reshape(C, R, R).float()
         shares.append(float(vals.flip(0)[: min(kept, C)].sum() / vals.sum().clamp_min(1e-30)))
     if noise > 0:
         out = out + noise * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
