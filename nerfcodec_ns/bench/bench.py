@@ -99,6 +99,9 @@ class BenchConfig:
     head_init: str = "random"
     """Start of the adapted layers (CodecConfig.head_init): "random" or "pretrained" (the tiled RGB
     layers, then trained)."""
+    mlp_bits: int = 8
+    """How every file of the bench stores the MLPs (NerfcodecModelConfig.mlp_bits): 8 (int8 rows, the
+    default) or 16 (float16); the float32 baseline keeps a float32 MLP."""
     mix_images: int = 2
     """Channel mixing (CodecConfig.mix_images): k (default 2): each plane mixed into k RGB images coded
     with the backbone's own RGB layers, mixed back by a transmitted 1x1 map; 0 off."""
@@ -230,6 +233,7 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     m.codec = codec if codec is not None else CodecConfig(
         weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
         train_precision=cfg.train_precision, mix_images=cfg.mix_images)
+    m.mlp_bits = cfg.mlp_bits
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field
@@ -288,38 +292,40 @@ def evaluate(model, dataset, indices: Sequence[int]) -> Dict[str, Optional[float
 # ----------------------------------------------------------------------------------------------
 
 
-def common_sections(model, cameras, mlp_dtype: str = "float16") -> List[bytes]:
-    """The parts every scene file carries besides the planes: MLP, occupancy grid, camera poses
-    (encoded exactly as in a ``.nfc`` file, :func:`nerfcodec_ns.scenefile.export.field_payloads`)."""
+def common_sections(model, cameras, mlp_bits: int = 16) -> List[bytes]:
+    """The parts every scene file carries besides the planes: MLP (``mlp_bits`` 8, 16 or 32), occupancy
+    grid, camera poses (encoded exactly as in a ``.nfc`` file, :func:`nerfcodec_ns.scenefile.export.field_payloads`)."""
     from nerfcodec_ns.scenefile.export import field_payloads
 
-    dt = {"float16": torch.float16, "float32": torch.float32}[mlp_dtype]
-    return list(field_payloads(model, cameras, dt))
+    return list(field_payloads(model, cameras, mlp_bits=mlp_bits))
 
 
-def pack_baseline(name: str, payload: bytes, common: List[bytes]) -> bytes:
-    """A baseline scene file: magic, coder name, plane payload, MLP, grid, cameras."""
-    return encode_strings([BASELINE_MAGIC, name.encode(), payload, *common])
+def pack_baseline(name: str, payload: bytes, common: List[bytes], mlp_bits: int = 16) -> bytes:
+    """A baseline scene file: magic, coder name, MLP bits, plane payload, MLP, grid, cameras."""
+    return encode_strings([BASELINE_MAGIC, name.encode(), str(int(mlp_bits)).encode(), payload, *common])
 
 
-def unpack_baseline(data: bytes) -> Tuple[str, bytes, List[np.ndarray], np.ndarray]:
-    """(coder name, plane payload, MLP arrays, grid bits as a flat bool array) of a baseline file."""
+def unpack_baseline(data: bytes, ref_mlp: Sequence[torch.Tensor]) -> Tuple[str, bytes, List[torch.Tensor], bytes]:
+    """(coder name, plane payload, MLP parameters as float32, packed grid section) of a baseline file;
+    ``ref_mlp``: parameters of the field's architecture, for the MLP's shapes."""
+    from nerfcodec_ns.scenefile.decode import decode_mlp
+
     parts = decode_strings(data)
-    if len(parts) != 6 or parts[0] != BASELINE_MAGIC:
+    if len(parts) != 7 or parts[0] != BASELINE_MAGIC or parts[2] not in (b"8", b"16", b"32"):
         raise BitstreamError("not a nerfcodec baseline file")
-    mlp = [decode_array(a) for a in decode_strings(parts[3])]
-    return parts[1].decode(), parts[2], mlp, parts[4]
+    mlp = decode_mlp(parts[4], int(parts[2]), list(ref_mlp), packed=True)
+    return parts[1].decode(), parts[3], mlp, parts[5]
 
 
-def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path) -> Point:
+def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path, mlp_bits: int = 16) -> Point:
     """Encode the model's planes with ``coder``, write the file, read it back, decode, render."""
     levels = [p.detach().cpu().numpy() for p in model.field.plane_list()]
     t0 = time.perf_counter()
-    data = pack_baseline(coder.name, coder.encode(levels), common)
+    data = pack_baseline(coder.name, coder.encode(levels), common, mlp_bits)
     encode_s = time.perf_counter() - t0
     path = write_atomic(folder / f"{coder.name}.bin", data, overwrite=True)
     t1 = time.perf_counter()
-    name, payload, mlp, grid = unpack_baseline(path.read_bytes())
+    name, payload, mlp, grid = unpack_baseline(path.read_bytes(), model.field.mlp_parameters())
     planes = coder.decode(payload)
     decode_s = time.perf_counter() - t1
     if grid != common[1]:
@@ -329,24 +335,26 @@ def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Pa
         for param, value in zip(eval_model.field.planes, planes):
             param.copy_(torch.from_numpy(value))
         for param, value in zip(eval_model.field.mlp_parameters(), mlp):
-            param.copy_(torch.from_numpy(value.astype(np.float32)))
+            param.copy_(value)
     metrics = evaluate(eval_model, dataset, indices)
     return Point(name=coder.name, family=coder.family, bytes=path.stat().st_size, **metrics,
                  file=str(path), encode_s=round(encode_s, 3), decode_s=round(decode_s, 3))
 
 
-def run_baselines(coders, pipeline, indices, folder: Path) -> List[Point]:
-    """Every coder's point on the pipeline's field (float32 files keep a float32 MLP, the others float16)."""
+def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16) -> List[Point]:
+    """Every coder's point on the pipeline's field (the float32 file keeps a float32 MLP, the others
+    store it with ``mlp_bits``, as the NeRFCodec files of the same bench)."""
     model, dataset = pipeline.model, pipeline.datamanager.eval_dataset
     cameras = pipeline.datamanager.train_dataparser_outputs.cameras
-    common = {dt: common_sections(model, cameras, dt) for dt in ("float16", "float32")}
+    common = {bits: common_sections(model, cameras, bits) for bits in (mlp_bits, 32)}
     points = []
     with _progress() as bar:
         task = bar.add_task("baselines", total=len(coders), info="")
         for coder in coders:
             bar.update(task, info=coder.name)
-            sections = common["float32" if coder.name == "float32" else "float16"]
-            points.append(run_baseline(coder, model, dataset, indices, sections, folder))
+            bits = 32 if coder.name == "float32" else mlp_bits
+            sections = common[bits]
+            points.append(run_baseline(coder, model, dataset, indices, sections, folder, bits))
             bar.advance(task)
     return points
 
@@ -606,6 +614,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     unknown = sorted(set(cfg.baseline_families) - set(known))
     if unknown:
         raise BenchError(f"unknown baseline families {unknown}; known: {known}")
+    if cfg.mlp_bits not in (8, 16):
+        raise BenchError(f"--mlp-bits must be 8 or 16, got {cfg.mlp_bits}")
     if cfg.output_dir.exists() and any(cfg.output_dir.iterdir()):
         if not cfg.overwrite:
             raise BenchError(f"output folder exists and is not empty: {cfg.output_dir} (pass --overwrite)")
@@ -648,7 +658,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
         coders = default_coders(backbone)
         if cfg.baseline_families:
             coders = [c for c in coders if c.family in cfg.baseline_families]
-        result["points"] += run_baselines(coders, pipeline, indices, points_dir)
+        result["points"] += run_baselines(coders, pipeline, indices, points_dir, cfg.mlp_bits)
         _write_json(cfg.output_dir / "results.json", result)
     times["baselines"] = time.perf_counter() - t
 

@@ -182,11 +182,19 @@ class TriplaneField(nn.Module):
     def float16_mlp(self) -> Iterator[None]:
         """Within the block, the MLP weights hold their float16-rounded values (what a bitstream
         stores); the float32 values are put back on exit. For no-grad rendering only."""
+        with self.transmitted_mlp(16):
+            yield
+
+    @contextlib.contextmanager
+    def transmitted_mlp(self, bits: int) -> Iterator[None]:
+        """Within the block, the MLP parameters hold exactly the values a scene file stores with
+        ``bits`` (:func:`transmitted_mlp_values`); the float32 values are put back on exit. For
+        no-grad rendering only."""
         params = self.mlp_parameters()
         saved = [p.data for p in params]
         try:
-            for p in params:
-                p.data = p.data.half().float()
+            for p, value in zip(params, transmitted_mlp_values(saved, bits)):
+                p.data = value
             yield
         finally:
             for p, data in zip(params, saved):
@@ -250,3 +258,47 @@ class _TruncExp(torch.autograd.Function):
 def trunc_exp(x: Tensor) -> Tensor:
     """``exp(x)`` whose backward uses ``exp(min(x, 15))``."""
     return _TruncExp.apply(x)
+
+
+#: Storage of the MLP parameters in a scene file (``FieldArch.mlp_bits``): 16 (float16) or 8 (weight
+#: matrices as int8 per row with a float32 scale per row, biases float16).
+MLP_BITS = (16, 8)
+
+
+def quantize_rows(weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """Symmetric int8 quantization of a ``[out, in]`` weight matrix, one scale per output row:
+    (int8 ``[out, in]``, float32 ``[out]``), scale = max |row| / 127 (1 for an all-zero row)."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
+    """The float32 weights ``q * scale`` (per row) that :func:`quantize_rows`' outputs stand for; the
+    decoder and the trained model's evaluation both use this function, so they agree bit for bit."""
+    return q.float() * scale.float()[:, None]
+
+
+def transmitted_mlp_values(params: Sequence[Tensor], bits: int) -> List[Tensor]:
+    """The float32 values a scene file with ``mlp_bits = bits`` gives back for MLP parameters
+    ``params`` (``TriplaneField.mlp_parameters`` order): float16-rounded, or for ``bits = 8`` the
+    weight matrices through :func:`quantize_rows` / :func:`dequantize_rows` (biases float16)."""
+    if bits not in MLP_BITS:
+        raise ValueError(f"mlp_bits must be one of {MLP_BITS}, got {bits!r}")
+    out = []
+    for p in params:
+        if bits == 8 and p.dim() == 2:
+            out.append(dequantize_rows(*quantize_rows(p)))
+        else:
+            out.append(p.detach().half().float())
+    return out
+
+
+def mlp_payload_estimate(params: Sequence[Tensor], bits: int) -> int:
+    """Bytes of the MLP parameters stored with ``bits`` before any packing: 2 per float16 value; with
+    8 bits 1 per weight plus 4 per row scale (biases 2 per value)."""
+    if bits == 16:
+        return 2 * sum(p.numel() for p in params)
+    return sum(p.numel() + 4 * p.shape[0] if p.dim() == 2 else 2 * p.numel() for p in params)

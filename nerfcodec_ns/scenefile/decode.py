@@ -52,7 +52,8 @@ class DecodedScene(NamedTuple):
     planes: List[Tensor]
     """Per level ``[3, C, R, R]`` float32: decoded and compensated, exactly what the codec renders."""
     mlp: List[Tensor]
-    """The MLP parameters (float16 values as float32), in ``TriplaneField.mlp_parameters`` order."""
+    """The MLP parameters as float32 (the stored float16 values, or int8 rows times their scales), in
+    ``TriplaneField.mlp_parameters`` order."""
     grid: Tensor
     """``[L, G, G, G]`` bool occupancy grid (L levels; 1 for a bounded scene)."""
     poses: np.ndarray
@@ -277,15 +278,11 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
 
     spec = field_spec(h.field)
     ref = TriplaneField(torch.zeros(2, 3), spec).mlp_parameters()
-    mlp = _arrays(bs, "mlp")
-    if len(mlp) != len(ref) or any(a.dtype != np.float16 or tuple(a.shape) != tuple(p.shape) for a, p in zip(mlp, ref)):
-        raise BitstreamError("section 'mlp' does not match the field architecture in the header")
-    if not all(np.isfinite(a).all() for a in mlp):
-        raise BitstreamError("section 'mlp': the MLP weights are not finite")
+    mlp = decode_mlp(bs.section("mlp"), h.field.mlp_bits, ref, packed=h.codec.packing == "lzma")
     g = h.render.grid_resolution
     grid = torch.from_numpy(decode_bits(bs.section("grid"), (h.render.grid_levels, g, g, g)))
     poses = decode_poses(bs.section("cameras"))
-    return DecodedScene(h, planes, [torch.from_numpy(a.astype(np.float32)) for a in mlp], grid, poses,
+    return DecodedScene(h, planes, mlp, grid, poses,
                         file_camera_table(bs, len(poses)))
 
 
@@ -296,6 +293,46 @@ def decode_file(path: Path, weights: Optional[Path] = None) -> DecodedScene:
     except (FileNotFoundError, IsADirectoryError) as err:
         raise DecodeError(str(err)) from None
     return decode_bitstream(bs, weights)
+
+
+def decode_mlp(payload: bytes, bits: int, ref: List[Tensor], packed: bool = True) -> List[Tensor]:
+    """The MLP parameters of an ``mlp`` section payload as float32 (``FieldArch.mlp_bits``: 16, 8, or
+    32 in baseline files), checked against the shapes ``ref`` of the header's architecture;
+    ``packed``: an 8-bit section went through ``pack_smallest`` (``CodecSettings.packing`` lzma)."""
+    from nerfcodec_ns.field.field import dequantize_rows
+
+    bad = BitstreamError("section 'mlp' does not match the field architecture in the header")
+    if bits in (16, 32):
+        dtype = np.float16 if bits == 16 else np.float32
+        arrays = [decode_array(p) for p in decode_strings(payload)]
+        if len(arrays) != len(ref) or any(a.dtype != dtype or a.shape != tuple(p.shape) for a, p in zip(arrays, ref)):
+            raise bad
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise BitstreamError("section 'mlp': the MLP weights are not finite")
+        return [torch.from_numpy(a.astype(np.float32)) for a in arrays]
+    # int8 rows + float32 scales per weight matrix, float16 biases: bounded well below 4 bytes a value
+    limit = 4 * sum(p.numel() + 4 * p.shape[0] for p in ref) + (1 << 16)
+    if packed:
+        payload = unpack_smallest(payload, limit, "section 'mlp'")
+    elif len(payload) > limit:
+        raise BitstreamError(f"section 'mlp': {len(payload)} bytes, more than the {limit} it can hold")
+    arrays = [decode_array(p) for p in decode_strings(payload)]
+    expected = []
+    for p in ref:
+        expected += [(np.int8, tuple(p.shape)), (np.float32, (p.shape[0],))] if p.dim() == 2 else [(np.float16, tuple(p.shape))]
+    if len(arrays) != len(expected) or any(a.dtype != dt or a.shape != sh for a, (dt, sh) in zip(arrays, expected)):
+        raise bad
+    if not all(np.isfinite(a).all() for a in arrays) or any((a == -128).any() for a in arrays if a.dtype == np.int8):
+        raise BitstreamError("section 'mlp': the MLP weights are not finite or outside -127..127")
+    out, i = [], 0
+    for p in ref:
+        if p.dim() == 2:
+            out.append(dequantize_rows(torch.from_numpy(arrays[i]), torch.from_numpy(arrays[i + 1])))
+            i += 2
+        else:
+            out.append(torch.from_numpy(arrays[i].astype(np.float32)))
+            i += 1
+    return out
 
 
 def field_spec(arch: FieldArch):

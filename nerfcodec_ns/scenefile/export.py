@@ -11,7 +11,7 @@ or ``mix_images`` per plane), ``norm.<l>`` (float16 ``[2, 3, C]`` normalisation 
 scales and bias),
 ``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (its quantized tables;
 float16 parameters for ``tables="float"``),
-``mlp`` (float16 weights in :meth:`TriplaneField.mlp_parameters` order), ``grid`` (occupancy bits),
+``mlp`` (the MLP parameters in :meth:`TriplaneField.mlp_parameters` order, float16 or int8 rows), ``grid`` (occupancy bits),
 ``cameras`` (float32 ``[N, 3, 4]`` camera-to-world poses, LZMA), ``intrinsics`` (only for cameras
 that do not all share the header's intrinsics, or are distorted: per camera fx, fy, cx, cy,
 distortion, size and model, LZMA).
@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -211,7 +211,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
         if codec.autoregressive:
             ctx = [v for k, v in state.items() if k.startswith(("context_prediction.", "entropy_parameters."))]
             sections.append(Section("context_model", params(*ctx)))
-        mlp, grid, poses = field_payloads(model, cameras)
+        bits = int(model.config.mlp_bits)
+        mlp, grid, poses = field_payloads(model, cameras, mlp_bits=bits, packing=packing)
         sections += [Section("mlp", mlp), Section("grid", grid), Section("cameras", poses)]
         if camera_table is not None:  # cameras that differ, or distortion: one row per camera
             sections.append(Section("intrinsics", encode_intrinsics(camera_table)))
@@ -222,7 +223,7 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             model_id=MODEL_ID,
             backbone=BackboneId(info.architecture, info.N, info.M, info.sha256, source),
             field=FieldArch(spec.resolutions, spec.num_channels, spec.reduce, spec.hidden_dim,
-                            spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree, spec.contraction),
+                            spec.geo_feat_dim, spec.hidden_dim_color, spec.sh_degree, spec.contraction, bits),
             levels=tuple(levels),
             codec=CodecSettings(codec.config.head_bits, codec.config.vector_bits, codec.config.compensation,
                                 codec.config.adapt_heads, codec.gain, packing,
@@ -250,10 +251,29 @@ def bottleneck_section(tables, packing: str) -> Section:
     return Section("entropy_bottleneck", pack_smallest(raw) if packing == "lzma" else raw)
 
 
-def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_dtype: torch.dtype = torch.float16):
-    """The payloads of the ``mlp`` (``mlp_dtype``), ``grid`` (packed bits + LZMA) and ``cameras``
+def mlp_payload(params: Sequence[torch.Tensor], bits: int = 16, packing: str = "lzma") -> bytes:
+    """The ``mlp`` section (``FieldArch.mlp_bits``): 16: every parameter float16; 8: each weight
+    matrix as its int8 rows and float32 row scales (``quantize_rows``), biases float16, through
+    :func:`pack_smallest` when ``packing`` is lzma. 32 (baseline files only): float32."""
+    from nerfcodec_ns.field.field import quantize_rows
+
+    if bits == 32:
+        return _arrays(*[p.float() for p in params])
+    if bits == 16:
+        return _arrays(*[p.half() for p in params])
+    if bits != 8:
+        raise ExportError(f"mlp_bits must be 8 or 16, got {bits!r}")
+    arrays: List[torch.Tensor] = []
+    for p in params:
+        arrays += list(quantize_rows(p)) if p.dim() == 2 else [p.detach().half()]
+    raw = _arrays(*arrays)
+    return pack_smallest(raw) if packing == "lzma" else raw
+
+
+def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_bits: int = 16, packing: str = "lzma"):
+    """The payloads of the ``mlp`` (:func:`mlp_payload`), ``grid`` (packed bits + LZMA) and ``cameras``
     (LZMA float32 poses) sections, which every scene file carries besides the planes."""
-    mlp = _arrays(*[p.to(mlp_dtype) for p in model.field.mlp_parameters()])
+    mlp = mlp_payload(model.field.mlp_parameters(), mlp_bits, packing)
     return mlp, encode_bits(model.sampler.level_binaries.cpu().numpy()), encode_poses(cameras.camera_to_worlds)
 
 

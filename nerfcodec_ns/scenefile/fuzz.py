@@ -394,7 +394,8 @@ class _Source:
         return [n for n, _ in self.sections]
 
     def packed(self, name: str) -> bool:
-        return self.packing == "lzma" and name.startswith(_PACKED_PREFIXES)
+        int8_mlp = name == "mlp" and self.header.get("field", {}).get("mlp_bits", 16) == 8
+        return self.packing == "lzma" and (name.startswith(_PACKED_PREFIXES) or int8_mlp)
 
     def level_count(self) -> int:
         return len(self.header.get("levels", []))

@@ -24,23 +24,26 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections), 3
 ``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same), 4
 ``CodecSettings.mix_images`` (channel mixing, ``mix.<level>`` sections), 5 real captures:
 ``FieldArch.contraction``, ``RenderSettings.grid_levels`` and ``cone_angle`` (unbounded scenes) and
-the optional ``intrinsics`` section (per-camera intrinsics, camera models and distortion)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+the optional ``intrinsics`` section (per-camera intrinsics, camera models and distortion), 6
+``FieldArch.mlp_bits`` (an int8 ``mlp`` section)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 """Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
 have float tables; versions 1 to 3 no channel mixing; versions 1 to 4 bounded scenes and shared
-intrinsics only)."""
+intrinsics only; versions 1 to 5 a float16 MLP)."""
 #: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``); the format imports
 #: nothing of the codec, so the codec's ``MAX_MIX_IMAGES`` is the same number (tested).
 MAX_MIX_IMAGES = 8
 #: Header fields added by a format version: (part, name, version, what files before it mean).
 FIELDS_ADDED = (("codec", "packing", 2, "raw"), ("codec", "tables", 3, "float"), ("codec", "mix_images", 4, 0),
                 ("field", "contraction", 5, "none"), ("render", "grid_levels", 5, 1),
-                ("render", "cone_angle", 5, 0.0))
+                ("render", "cone_angle", 5, 0.0), ("field", "mlp_bits", 6, 16))
+#: Storage of the MLP parameters (``FieldArch.mlp_bits``; the field's ``MLP_BITS``, tested to agree).
+MLP_BITS = (16, 8)
 #: Scene contractions a field may use (the field's ``CONTRACTIONS``, tested to agree): none (a
 #: bounded scene box), or mip-NeRF 360's contraction of all space into a box (L-inf) or ball (L2).
 CONTRACTIONS = ("none", "linf", "l2")
@@ -243,6 +246,10 @@ class FieldArch:
     """Scene contraction (format 5): "none" (the planes cover the scene box; zero density outside it),
     "linf" or "l2" (all space contracted into twice the box, which the planes cover). Files before
     format 5 are read as "none"."""
+    mlp_bits: int = 16
+    """Storage of the ``mlp`` section (format 6): 16 = every parameter float16; 8 = each weight
+    matrix as int8 ``[out, in]`` followed by its float32 row scales ``[out]``, biases float16 (packed
+    like the codec's parameter sections, ``CodecSettings.packing``). Files before format 6 are read as 16."""
 
     def __post_init__(self) -> None:
         o = "FieldArch"
@@ -261,7 +268,10 @@ class FieldArch:
              geo_feat_dim=_int(o, "geo_feat_dim", self.geo_feat_dim, 1, MAX_MLP_WIDTH),
              hidden_dim_color=_int(o, "hidden_dim_color", self.hidden_dim_color, 1, MAX_MLP_WIDTH),
              sh_degree=_int(o, "sh_degree", self.sh_degree, 1, 4),
-             contraction=_str(o, "contraction", self.contraction, CONTRACTIONS))
+             contraction=_str(o, "contraction", self.contraction, CONTRACTIONS),
+             mlp_bits=_int(o, "mlp_bits", self.mlp_bits, 8, 16))
+        if self.mlp_bits not in MLP_BITS:
+            raise _bad(o, "mlp_bits", f"one of {MLP_BITS}", self.mlp_bits)
 
 
 @dataclass(frozen=True)

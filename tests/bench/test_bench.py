@@ -47,7 +47,7 @@ def test_every_point_is_a_file_of_its_counted_size(tiny_bench):
         assert 0 < p["psnr"] < 100 and 0 < p["ssim"] <= 1
 
 
-def test_baseline_files_decode_to_the_rendered_planes(tiny_bench, tiny_backbone):
+def test_baseline_files_decode_to_the_rendered_planes(tiny_bench, tiny_backbone, tiny_run):
     """float32 is lossless: its decoded planes render exactly the reference; 8-bit ones render
     within a small PSNR distance of it."""
     from nerfcodec_ns.bench.baselines import QuantCoder, RawCoder
@@ -58,14 +58,26 @@ def test_baseline_files_decode_to_the_rendered_planes(tiny_bench, tiny_backbone)
     points = {p["name"]: p for p in result["points"]}
     assert points["float32"]["psnr"] == pytest.approx(ref, abs=1e-4)
     assert abs(points["png"]["psnr"] - ref) < 0.5
-    name, payload, mlp, _ = unpack_baseline(Path(points["quant8-zlib"]["file"]).read_bytes())
+    import torch
+    import yaml
+
+    from nerfcodec_ns.field.field import TriplaneField
+
+    spec = yaml.load(tiny_run.read_text(), Loader=yaml.Loader).pipeline.model.field_spec()
+    ref_mlp = TriplaneField(torch.zeros(2, 3), spec).mlp_parameters()
+    name, payload, mlp, _ = unpack_baseline(Path(points["quant8-zlib"]["file"]).read_bytes(), ref_mlp)
     assert name == "quant8-zlib"
     levels = QuantCoder(8, "zlib").decode(payload)
-    f32 = RawCoder("float32").decode(unpack_baseline(Path(points["float32"]["file"]).read_bytes())[1])
+    f32 = RawCoder("float32").decode(unpack_baseline(Path(points["float32"]["file"]).read_bytes(), ref_mlp)[1])
     for a, b in zip(levels, f32):
         step = (b.max(axis=(2, 3)) - b.min(axis=(2, 3))).max() / 255
         assert abs(a - b).max() <= step / 2 + 1e-6
-    assert all(m.dtype.name == "float16" for m in mlp)
+    # the bench's default --mlp-bits 8: every weight row is its scale (max |row| / 127) times integers
+    weights = [m for m in mlp if m.dim() == 2]
+    assert weights and len(weights) + len([m for m in mlp if m.dim() == 1]) == len(ref_mlp)
+    for w in weights:
+        k = w / (w.abs().amax(dim=1, keepdim=True) / 127)
+        assert torch.allclose(k, k.round(), atol=1e-3) and int(k.abs().max().round()) == 127
 
 
 def test_nerfcodec_points_are_decodable_scene_files(tiny_bench, tiny_backbone):

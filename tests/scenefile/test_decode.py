@@ -44,8 +44,13 @@ def test_decode_equals_training_time_quantized_planes_exactly(trained, tiny_nfc,
     assert len(scene.planes) == len(expected)
     for got, want in zip(scene.planes, expected):
         assert torch.equal(got, want.cpu())
-    for got, p in zip(scene.mlp, trained.model.field.mlp_parameters()):
-        assert torch.equal(got, p.detach().half().float())
+    from nerfcodec_ns.field.field import transmitted_mlp_values
+
+    bits = trained.model.config.mlp_bits
+    assert bits == 8 and scene.header.field.mlp_bits == 8  # the default: int8 rows
+    params = trained.model.field.mlp_parameters()
+    for got, want in zip(scene.mlp, transmitted_mlp_values([p.cpu() for p in params], bits)):
+        assert torch.equal(got, want)
     assert torch.equal(scene.grid, trained.model.sampler.level_binaries.cpu())
 
 

@@ -208,7 +208,7 @@ def test_format_modules_do_not_import_torch():
         "sys.modules['nerfcodec_ns'] = pkg  # the package __init__ imports torch (checkpoint shims)\n"
         "from nerfcodec_ns import atomic\n"
         "from nerfcodec_ns.scenefile import cameras, container, header, payload\n"
-        "assert container.MAGIC and header.FORMAT_VERSION == 5 and payload.decode_array and cameras.decode_poses\n"
+        "assert container.MAGIC and header.FORMAT_VERSION == 6 and payload.decode_array and cameras.decode_poses\n"
         "print('torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -430,8 +430,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=6)) == (
-        "unsupported format version 6 (this reader knows 1, 2, 3, 4, 5)")
+    assert error_of(frame(header, sections, version=7)) == (
+        "unsupported format version 7 (this reader knows 1, 2, 3, 4, 5, 6)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -637,7 +637,7 @@ def test_file_errors(tmp_path):
     bad.write_bytes(b"NFC\x00\x07\x00")
     with pytest.raises(BitstreamError) as info:
         read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4, 5)"
+    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4, 5, 6)"
 
 
 def test_version_1_files_still_read_and_cannot_claim_packed_sections():
@@ -653,6 +653,7 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         for name in drop:
             del value["codec"][name]
         del value["field"]["contraction"], value["render"]["grid_levels"], value["render"]["cone_angle"]
+        del value["field"]["mlp_bits"]
         return zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
 
     back = unpack(frame(legacy_header(("packing", "tables", "mix_images")), sections, version=1))  # what a version-1 writer produced
@@ -677,13 +678,22 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         value = _json.loads(header_json(make_header()))
         value["codec"]["mix_images"] = bad
         blob = zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
-        assert "mix_images" in error_of(frame(blob, sections, version=5))
+        assert "mix_images" in error_of(frame(blob, sections, version=6))
     # format 5 names the contraction, grid levels and cone angle; versions before it cannot
     assert unpack(frame(mixed, sections, version=4)).header.render.grid_levels == 1
     assert unpack(frame(mixed, sections, version=4)).header.field.contraction == "none"
     assert error_of(frame(encode_header(make_header()), sections, version=4)) == (
         "header: format version 4 has no field.contraction field")
     assert "missing field 'contraction'" in error_of(frame(mixed, sections, version=5))
+    # format 6 names the MLP's storage; versions before it cannot, and read as float16
+    current = encode_header(make_header())
+    assert unpack(frame(current, sections, version=6)).header.field.mlp_bits == 16
+    assert error_of(frame(current, sections, version=5)) == "header: format version 5 has no field.mlp_bits field"
+    v5 = _json.loads(header_json(make_header()))
+    del v5["field"]["mlp_bits"]
+    v5 = zlib.compress(_json.dumps(v5, sort_keys=True, separators=(",", ":")).encode("ascii"))
+    assert unpack(frame(v5, sections, version=5)).header.field.mlp_bits == 16
+    assert "missing field 'mlp_bits'" in error_of(frame(v5, sections, version=6))
 
 
 def test_version_5_unbounded_fields_are_checked():
