@@ -614,8 +614,10 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     unknown = sorted(set(cfg.baseline_families) - set(known))
     if unknown:
         raise BenchError(f"unknown baseline families {unknown}; known: {known}")
-    if cfg.mlp_bits not in (8, 16):
-        raise BenchError(f"--mlp-bits must be 8 or 16, got {cfg.mlp_bits}")
+    from nerfcodec_ns.field.field import MLP_BITS
+
+    if cfg.mlp_bits not in MLP_BITS:
+        raise BenchError(f"--mlp-bits must be one of {MLP_BITS}, got {cfg.mlp_bits}")
     if cfg.output_dir.exists() and any(cfg.output_dir.iterdir()):
         if not cfg.overwrite:
             raise BenchError(f"output folder exists and is not empty: {cfg.output_dir} (pass --overwrite)")

@@ -66,8 +66,13 @@ class DecodedScene(NamedTuple):
 def _arrays(bs: Bitstream, name: str, max_size: Optional[int] = None) -> List[np.ndarray]:
     """The arrays of a section; ``max_size``: it is a codec parameter section, LZMA-packed when the
     header says so, and unpacks to at most ``max_size`` bytes."""
-    payload = bs.section(name)
-    if max_size is not None and bs.header.codec.packing == "lzma":
+    return _payload_arrays(bs.section(name), name, max_size, bs.header.codec.packing == "lzma")
+
+
+def _payload_arrays(payload: bytes, name: str, max_size: Optional[int] = None, packed: bool = False) -> List[np.ndarray]:
+    """The arrays of section ``name``'s payload; with ``max_size``: unpacked first when ``packed``
+    (``pack_smallest``), and at most ``max_size`` bytes either way."""
+    if max_size is not None and packed:
         payload = unpack_smallest(payload, max_size, f"section '{name}'")
     elif max_size is not None and len(payload) > max_size:
         raise BitstreamError(f"section '{name}': {len(payload)} bytes, more than the {max_size} it can hold")
@@ -304,19 +309,14 @@ def decode_mlp(payload: bytes, bits: int, ref: List[Tensor], packed: bool = True
     bad = BitstreamError("section 'mlp' does not match the field architecture in the header")
     if bits in (16, 32):
         dtype = np.float16 if bits == 16 else np.float32
-        arrays = [decode_array(p) for p in decode_strings(payload)]
+        arrays = _payload_arrays(payload, "mlp")
         if len(arrays) != len(ref) or any(a.dtype != dtype or a.shape != tuple(p.shape) for a, p in zip(arrays, ref)):
             raise bad
         if not all(np.isfinite(a).all() for a in arrays):
             raise BitstreamError("section 'mlp': the MLP weights are not finite")
         return [torch.from_numpy(a.astype(np.float32)) for a in arrays]
     # int8 rows + float32 scales per weight matrix, float16 biases: bounded well below 4 bytes a value
-    limit = 4 * sum(p.numel() + 4 * p.shape[0] for p in ref) + (1 << 16)
-    if packed:
-        payload = unpack_smallest(payload, limit, "section 'mlp'")
-    elif len(payload) > limit:
-        raise BitstreamError(f"section 'mlp': {len(payload)} bytes, more than the {limit} it can hold")
-    arrays = [decode_array(p) for p in decode_strings(payload)]
+    arrays = _payload_arrays(payload, "mlp", 4 * sum(p.numel() + 4 * p.shape[0] for p in ref) + (1 << 16), packed)
     expected = []
     for p in ref:
         expected += [(np.int8, tuple(p.shape)), (np.float32, (p.shape[0],))] if p.dim() == 2 else [(np.float16, tuple(p.shape))]
