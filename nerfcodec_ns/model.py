@@ -32,7 +32,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
-from nerfcodec_ns.codec.plane import CodecOutput
+from nerfcodec_ns.codec.plane import CodecOutput, clip_to_stats, plane_stats
 from nerfcodec_ns.codec.ratecontrol import RateController, measured_file_size
 from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.field.field import MLP_BITS, TriplaneField, TriplaneFieldSpec, mlp_payload_estimate
@@ -125,6 +125,12 @@ class NerfcodecModelConfig(ModelConfig):
     float32 scale, biases float16; 10.4 kB smaller than float16 on lego_200 for -0.03 dB, docs/codec.md)
     or 16 (float16, as files before format 6). From the joint stage on, evaluation renders with
     exactly these values."""
+    field_clip: bool = False
+    """Field/codec co-design: before the joint stage (field stage and warm-up, in training, evaluation
+    and occupancy updates), render from the planes clipped per plane and channel to the codec's
+    normalisation range (``codec.clip_sigmas``: mean -/+ that many standard deviations, the same
+    float16 stats the codec computes), so the field learns not to rely on values the codec will
+    clip. Off (the planes as they are) when ``codec.clip_sigmas`` is 0."""
     codec: CodecConfig = field(default_factory=CodecConfig)
     """The plane codec: backbone, its weights, compensation, head quantization."""
     codec_field_steps: int = 7000
@@ -309,7 +315,7 @@ class NerfcodecModel(Model):
         until a plane or codec parameter changes (the viewer and evaluation render many chunks).
         """
         if self.codec is None or int(self.codec_stage) < 2:
-            return None
+            return self.clipped_planes()
         params = [*self.field.planes, *self.codec.parameters(), self.codec.latent_gain]
         key = (self.training, tuple(p._version for p in params))
         if self._decoded_cache is None or self._decoded_cache[0] != key:
@@ -317,6 +323,20 @@ class NerfcodecModel(Model):
                 decoded = [out.x_hat for out in self.code_planes()]
             self._decoded_cache = (key, decoded)
         return self._decoded_cache[1]
+
+    def clipped_planes(self) -> Optional[List[Tensor]]:
+        """With ``field_clip``, the field's planes clipped to the codec's normalisation range (with
+        gradients; what the field renders before the joint stage), else None (the planes as they are)."""
+        k = self.config.codec.clip_sigmas
+        if not self.config.field_clip or k <= 0:
+            return None
+        return [clip_to_stats(p, *plane_stats(p, k)) for p in self.field.plane_list()]
+
+    def field_planes(self) -> List[Tensor]:
+        """The planes the field renders before the joint stage, ``[3, C, R, R]`` per level (what a
+        classic codec in ``nerfcodec bench`` is given)."""
+        clipped = self.clipped_planes()
+        return self.field.plane_list() if clipped is None else clipped
 
     def code_planes(self, detach_planes: bool = False) -> List[CodecOutput]:
         """Run the codec on every plane level (noise proxy in training mode, rounding in eval mode)."""
@@ -340,7 +360,7 @@ class NerfcodecModel(Model):
         if self.training and torch.is_grad_enabled() and stage >= 1:  # a training step (not a no-grad render)
             codec_outs = self.code_planes(detach_planes=stage == 1)
             # warm-up renders the frozen planes; joint training renders the decoded ones
-            planes = [p.detach() for p in self.field.plane_list()] if stage == 1 else [o.x_hat for o in codec_outs]
+            planes = [p.detach() for p in self.field_planes()] if stage == 1 else [o.x_hat for o in codec_outs]
         else:
             planes = self.render_planes()
 

@@ -212,3 +212,64 @@ def test_auto_contraction_follows_where_the_cameras_stand():
     cfg = NerfcodecModelConfig(scene_contraction="linf")
     assert cfg.sampler_settings(box.aabb) == (64, pytest.approx(3 * 3**0.5 / 128), 4, 1 / 64)
     assert NerfcodecModelConfig().sampler_settings(box.aabb) == (128, pytest.approx(3 * 3**0.5 / 512), 1, 0.0)
+
+
+def _spiky(model):
+    """Give every plane a few large outliers (values the codec's 4-sigma normalisation clips)."""
+    with torch.no_grad():
+        for p in model.field.planes:
+            p.masked_fill_(torch.arange(p.numel()).reshape(p.shape) % 97 == 0, 25.0)
+
+
+def test_field_clip_renders_the_planes_the_codec_keeps():
+    """With field_clip the field stage renders (and back-propagates through) the planes clipped to
+    exactly the float16 range the codec's normalisation uses; off, it renders the planes as they are."""
+    from nerfcodec_ns.codec.plane import clip_to_stats, plane_stats
+
+    bundle, _ = _batch()
+    off, on = _model(), _model(field_clip=True)
+    _spiky(off), _spiky(on)
+    assert off.clipped_planes() is None and on.clipped_planes() is not None
+    k = on.config.codec.clip_sigmas
+    for raw, clipped in zip(on.field.plane_list(), on.clipped_planes()):
+        lo, hi = plane_stats(raw, k)
+        assert torch.equal(clipped, clip_to_stats(raw, lo, hi))
+        assert (clipped.detach() < raw.detach()).any(), "the outliers are clipped"
+        # the codec normalises both to the same [0, 1] image, so the field loses nothing the codec keeps
+        assert torch.equal(on.codec._normalize(raw.detach(), lo, hi), on.codec._normalize(clipped.detach(), lo, hi))
+    on.eval(), off.eval()
+    with torch.no_grad():
+        rgb_on = on.get_outputs(bundle)["rgb"]
+        rgb_off = off.get_outputs(bundle)["rgb"]
+    assert not torch.allclose(rgb_on, rgb_off), "clipping the outliers changes the rendering"
+    # a model whose planes ARE the clipped ones renders the same image without field_clip
+    plain = _model()
+    with torch.no_grad():
+        for dst, src in zip(plain.field.planes, on.clipped_planes()):
+            dst.copy_(src)
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain.get_outputs(bundle)["rgb"], rgb_on, atol=1e-6)
+
+
+def test_field_clip_gives_no_gradient_to_clipped_values():
+    model = _model(field_clip=True)
+    _spiky(model)
+    _losses(model, 0)
+    lo, hi = plane_stats_of(model)
+    for p, l, h in zip(model.field.planes, lo, hi):
+        outside = (p.detach() > h[..., None, None].float()) | (p.detach() < l[..., None, None].float())
+        assert outside.any() and p.grad[outside].abs().sum() > 0, "plane TV still reaches the outliers"
+    model.config.plane_tv_mult = 0.0  # rendering alone: no gradient outside the range
+    _losses(model, 0)
+    for p, l, h in zip(model.field.planes, lo, hi):
+        outside = (p.detach() > h[..., None, None].float()) | (p.detach() < l[..., None, None].float())
+        assert p.grad[outside].abs().max() == 0
+        assert p.grad[~outside].abs().sum() > 0
+
+
+def plane_stats_of(model):
+    from nerfcodec_ns.codec.plane import plane_stats
+
+    stats = [plane_stats(p, model.config.codec.clip_sigmas) for p in model.field.plane_list()]
+    return [s[0] for s in stats], [s[1] for s in stats]

@@ -69,6 +69,9 @@ class BenchConfig:
     """Rays per training batch (field and codec stages)."""
     plane_tv_mult: float = 0.01
     """Plane total-variation weight of the base field (smoother planes code better)."""
+    field_clip: bool = False
+    """Train the base field on planes clipped to the codec's normalisation range (--clip-sigmas;
+    NerfcodecModelConfig.field_clip); the classic codecs are then given the clipped planes too."""
     warmup_steps: int = 300
     """Codec warm-up steps (shared by every NeRFCodec point)."""
     joint_steps: int = 600
@@ -177,6 +180,8 @@ def train_field(cfg: BenchConfig) -> Path:
     tc.pipeline.datamanager.data = cfg.data
     tc.pipeline.model.codec_enabled = False
     tc.pipeline.model.plane_tv_mult = cfg.plane_tv_mult
+    tc.pipeline.model.field_clip = cfg.field_clip
+    tc.pipeline.model.codec.clip_sigmas = cfg.clip_sigmas
     tc.pipeline.model.plane_resolutions = tuple(cfg.plane_resolutions)
     tc.pipeline.model.plane_channels = cfg.plane_channels
     tc.pipeline.datamanager.train_num_rays_per_batch = cfg.train_rays
@@ -319,7 +324,7 @@ def unpack_baseline(data: bytes, ref_mlp: Sequence[torch.Tensor]) -> Tuple[str, 
 
 def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path, mlp_bits: int = 16) -> Point:
     """Encode the model's planes with ``coder``, write the file, read it back, decode, render."""
-    levels = [p.detach().cpu().numpy() for p in model.field.plane_list()]
+    levels = [p.detach().cpu().numpy() for p in model.field_planes()]
     t0 = time.perf_counter()
     data = pack_baseline(coder.name, coder.encode(levels), common, mlp_bits)
     encode_s = time.perf_counter() - t0

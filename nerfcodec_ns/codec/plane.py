@@ -208,6 +208,13 @@ def plane_stats(planes: Float[Tensor, "3 C R R"], clip_sigmas: float = 0.0) -> T
     return lo16, hi16
 
 
+def clip_to_stats(planes: Float[Tensor, "3 C R R"], lo16: Tensor, hi16: Tensor) -> Float[Tensor, "3 C R R"]:
+    """``planes`` clipped per plane and channel to the ``[3, C]`` float16 range of :func:`plane_stats`
+    (the values the codec's normalisation keeps; differentiable inside the range)."""
+    lo, hi = lo16.to(planes.dtype)[..., None, None], hi16.to(planes.dtype)[..., None, None]
+    return torch.maximum(torch.minimum(planes, hi), lo)
+
+
 class PlaneCodec(nn.Module):
     """NeRFCodec's content-adapted codec for ``[3, C, R, R]`` feature planes, shared by all levels.
 
