@@ -66,7 +66,10 @@ class BenchConfig:
     plane_channels: int = 16
     """Feature channels per plane of the base field."""
     train_rays: int = 4096
-    """Rays per training batch (field and codec stages)."""
+    """Rays per training batch of the base field (and of the codec stages unless --joint-rays)."""
+    joint_rays: int = 0
+    """Rays per training batch in the codec stages (0: the base run's). One codec pass serves the
+    whole batch, so more rays cost less than proportionally more time per step."""
     plane_tv_mult: float = 0.01
     """Plane total-variation weight of the base field (smoother planes code better)."""
     field_clip: bool = False
@@ -94,6 +97,9 @@ class BenchConfig:
     """Learning rate of the MLPs in the codec stages."""
     clip_sigmas: float = 4.0
     """Codec normalisation range (CodecConfig.clip_sigmas)."""
+    latent_gain: float = 1.0
+    """Latent quantization gain of the NeRFCodec points (CodecConfig.latent_gain): y is coded as
+    round(g y) / g, a finer quantizer for g > 1 (more bits, less quantization error)."""
     weights: str = "embedded"
     """Codec backbone weights ("embedded", "zoo" or a file); also the non-adapted CompressAI baseline's."""
     adapt_heads: bool = False
@@ -237,11 +243,13 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     m.codec_enabled = True
     m.codec = codec if codec is not None else CodecConfig(
         weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
-        train_precision=cfg.train_precision, mix_images=cfg.mix_images)
+        train_precision=cfg.train_precision, mix_images=cfg.mix_images, latent_gain=cfg.latent_gain)
     m.mlp_bits = cfg.mlp_bits
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field
+    if cfg.joint_rays > 0:
+        tc.pipeline.datamanager.train_num_rays_per_batch = cfg.joint_rays
     m.log_file_size_every = 0
     tc.max_num_iterations = 1 << 30  # the bench drives the steps (no last-step callbacks fire)
     lrs = {"planes": cfg.planes_lr, "fields": cfg.fields_lr, "codec": cfg.codec_lr, "codec_heads": cfg.heads_lr}

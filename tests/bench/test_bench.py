@@ -152,3 +152,24 @@ def test_bench_can_run_nerfcodec_with_frozen_pretrained_heads(tiny_run, tiny_bac
         assert codec.config.adapt_heads is adapt
         assert (codec.transmitted_sizes()["head"] > 0) is adapt
         assert codec.g_s_head.layer.weight.requires_grad is adapt
+
+
+def test_bench_joint_rays_sets_the_codec_stages_batch(tiny_run, tiny_backbone):
+    from nerfcodec_ns.bench.bench import BenchConfig, codec_trainer, load_base
+
+    base_cfg, state, _ = load_base(tiny_run)
+    base_rays = base_cfg.pipeline.datamanager.train_num_rays_per_batch
+    for joint_rays, expected in ((0, base_rays), (3 * base_rays, 3 * base_rays)):
+        cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, joint_rays=joint_rays)
+        trainer = codec_trainer(cfg, base_cfg, state, 1e-5)
+        assert trainer.pipeline.datamanager.config.train_num_rays_per_batch == expected
+
+
+def test_bench_latent_gain_reaches_the_codec(tiny_run, tiny_backbone):
+    from nerfcodec_ns.bench.bench import BenchConfig, codec_trainer, load_base
+
+    base_cfg, state, _ = load_base(tiny_run)
+    for gain in (1.0, 2.5):
+        cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, latent_gain=gain)
+        trainer = codec_trainer(cfg, base_cfg, state, 1e-5)
+        assert trainer.pipeline.model.codec.gain == gain
