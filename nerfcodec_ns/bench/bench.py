@@ -81,8 +81,9 @@ class BenchConfig:
     """Joint rate-distortion steps per NeRFCodec point."""
     score_at: Tuple[int, ...] = ()
     """Also export and score every lambda point after these numbers of joint steps (each below
-    --joint-steps), as family ``nerfcodec-j<steps>``: RD against joint steps from one run. The codec
-    stages' learning rates are constant, so a point at k steps is exactly a k-step run's point."""
+    --joint-steps), as family ``nerfcodec-j<steps>``: RD against joint steps from one run. With
+    the default constant learning rates (``joint_lr_final`` 1) a point at k steps is exactly a k-step
+    run's point."""
     lambdas: Tuple[float, ...] = (1e-6, 3e-5, 3e-4)
     """Rate weights (per kilobyte of latents) of the NeRFCodec points."""
     budget: Tuple[int, ...] = ()
@@ -95,6 +96,10 @@ class BenchConfig:
     """Learning rate of the planes in the codec stages."""
     fields_lr: float = 5e-4
     """Learning rate of the MLPs in the codec stages."""
+    joint_lr_final: float = 1.0
+    """Learning-rate multiplier reached at the last joint step: the four learning rates above decay
+    exponentially over the joint stage from 1x to this (1: constant, as before; the warm-up is
+    always constant)."""
     clip_sigmas: float = 4.0
     """Codec normalisation range (CodecConfig.clip_sigmas)."""
     latent_gain: float = 1.0
@@ -159,12 +164,15 @@ def _progress():
                     TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
 
 
-def _run_steps(trainer, steps: range, label: str) -> List[Dict[str, float]]:
-    """Train over ``steps`` with a progress bar; returns a short log (every 50 steps and the last)."""
+def _run_steps(trainer, steps: range, label: str, cfg: Optional[BenchConfig] = None) -> List[Dict[str, float]]:
+    """Train over ``steps`` with a progress bar; returns a short log (every 50 steps and the last).
+    With ``cfg``, the codec stages' learning rates follow :func:`set_stage_lrs`."""
     log = []
     with _progress() as bar:
         task = bar.add_task(label, total=len(steps), info="")
         for step in steps:
+            if cfg is not None:
+                set_stage_lrs(trainer, cfg, step)
             _, _, metrics = train_step(trainer, step)
             if step % 50 == 0 or step == steps[-1]:
                 entry = {"step": step, "train_psnr": round(float(metrics["psnr"]), 2)}
@@ -228,6 +236,26 @@ def load_field(model, pipeline_state: Dict) -> None:
         raise BenchError(f"base checkpoint does not match the model: {bad[:5]}")
 
 
+def stage_lrs(cfg: BenchConfig) -> Dict[str, float]:
+    """The codec stages' learning rate per optimizer group."""
+    return {"planes": cfg.planes_lr, "fields": cfg.fields_lr, "codec": cfg.codec_lr, "codec_heads": cfg.heads_lr}
+
+
+def joint_lr_multiplier(cfg: BenchConfig, step: int) -> float:
+    """``joint_lr_final ** t``, t = the share of the joint stage done before ``step`` (0 in the warm-up)."""
+    t = min(max((step - cfg.warmup_steps) / max(cfg.joint_steps - 1, 1), 0.0), 1.0)
+    return float(cfg.joint_lr_final) ** t
+
+
+def set_stage_lrs(trainer, cfg: BenchConfig, step: int) -> None:
+    """Set the four codec-stage groups' learning rates for ``step`` (a function of the step alone, so
+    branching runs off a snapshot stays exact)."""
+    mult = joint_lr_multiplier(cfg, step)
+    for name, lr in stage_lrs(cfg).items():
+        for group in trainer.optimizers.optimizers[name].param_groups:
+            group["lr"] = lr * mult
+
+
 def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_bytes: int = 0, codec=None):
     """A Trainer for the codec stages (warm-up from step 0, then joint) on the loaded base field.
     ``codec``: the CodecConfig (default: ``cfg.weights`` and ``cfg.clip_sigmas``)."""
@@ -252,8 +280,7 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
         tc.pipeline.datamanager.train_num_rays_per_batch = cfg.joint_rays
     m.log_file_size_every = 0
     tc.max_num_iterations = 1 << 30  # the bench drives the steps (no last-step callbacks fire)
-    lrs = {"planes": cfg.planes_lr, "fields": cfg.fields_lr, "codec": cfg.codec_lr, "codec_heads": cfg.heads_lr}
-    for name, lr in lrs.items():
+    for name, lr in stage_lrs(cfg).items():
         tc.optimizers[name] = {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
     tc.output_dir = Path(tempfile.mkdtemp(prefix="nerfcodec_bench_"))
     tc.vis = "tensorboard"
@@ -451,13 +478,13 @@ def run_nerfcodec(cfg: BenchConfig, base_cfg, base_state, dataset, indices, fold
         log: List[Dict[str, float]] = []
         done = cfg.warmup_steps
         for k in sorted(cfg.score_at) if target <= 0 else ():  # intermediate points along this run
-            log += _run_steps(trainer, range(done, cfg.warmup_steps + k), f"{name} (to {k} joint steps)")
+            log += _run_steps(trainer, range(done, cfg.warmup_steps + k), f"{name} (to {k} joint steps)", cfg)
             done = cfg.warmup_steps + k
             extra_k = {"lambda": lmbda, "joint_steps": k, "train_s": round(time.perf_counter() - t0, 1),
                        "train_log": warm_log + log}
             points.append(export_and_score(trainer, f"{name}-j{k}", f"nerfcodec-j{k}", dataset, indices, folder,
                                            extra_k, _weights_file(cfg.weights)))
-        log += _run_steps(trainer, range(done, joint.stop), name)
+        log += _run_steps(trainer, range(done, joint.stop), name, cfg)
         extra: Dict[str, Any] = {"lambda": lmbda if target <= 0 else model.codec_lambda(),
                                  "joint_steps": cfg.joint_steps}
         if target > 0:  # what ns-train does at its last step: land the rate with the quantization gain
@@ -623,6 +650,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     if any(k <= 0 or k >= cfg.joint_steps for k in cfg.score_at):
         raise BenchError(f"--score-at steps must lie between 0 and --joint-steps ({cfg.joint_steps}): "
                          f"{list(cfg.score_at)}")
+    if not 0 < cfg.joint_lr_final <= 1:
+        raise BenchError(f"--joint-lr-final must be in (0, 1], got {cfg.joint_lr_final}")
     known = sorted({c.family for c in default_coders(None)} | {"compressai"})
     unknown = sorted(set(cfg.baseline_families) - set(known))
     if unknown:

@@ -173,3 +173,29 @@ def test_bench_latent_gain_reaches_the_codec(tiny_run, tiny_backbone):
         cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, latent_gain=gain)
         trainer = codec_trainer(cfg, base_cfg, state, 1e-5)
         assert trainer.pipeline.model.codec.gain == gain
+
+
+def test_joint_lr_decay_is_a_function_of_the_step(tiny_run, tiny_backbone):
+    from nerfcodec_ns.bench.bench import BenchConfig, codec_trainer, joint_lr_multiplier, load_base, set_stage_lrs
+
+    cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=10, joint_steps=21, joint_lr_final=0.1)
+    assert joint_lr_multiplier(cfg, 0) == joint_lr_multiplier(cfg, 10) == 1.0  # warm-up and first joint step
+    assert abs(joint_lr_multiplier(cfg, 20) - 0.1 ** 0.5) < 1e-12
+    assert abs(joint_lr_multiplier(cfg, 30) - 0.1) < 1e-12 and joint_lr_multiplier(cfg, 99) == joint_lr_multiplier(cfg, 30)
+    constant = BenchConfig(data=Path("."), warmup_steps=10, joint_steps=21)
+    assert joint_lr_multiplier(constant, 30) == 1.0
+    base_cfg, state, _ = load_base(tiny_run)
+    trainer = codec_trainer(cfg, base_cfg, state, 1e-5)
+    set_stage_lrs(trainer, cfg, 30)
+    for name, lr in (("planes", cfg.planes_lr), ("codec", cfg.codec_lr), ("codec_heads", cfg.heads_lr)):
+        assert {g["lr"] for g in trainer.optimizers.optimizers[name].param_groups} == {lr * 0.1}
+    set_stage_lrs(trainer, cfg, 5)
+    assert {g["lr"] for g in trainer.optimizers.optimizers["fields"].param_groups} == {cfg.fields_lr}
+
+
+def test_bench_rejects_a_joint_lr_final_out_of_range():
+    from nerfcodec_ns.bench.bench import BenchConfig, BenchError, run_bench
+
+    for bad in (0.0, -1.0, 1.5):
+        with pytest.raises(BenchError, match="--joint-lr-final"):
+            run_bench(BenchConfig(data=Path("."), base=Path("base.yml"), joint_lr_final=bad))
