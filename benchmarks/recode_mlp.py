@@ -42,6 +42,9 @@ def recode(bs: Bitstream) -> Bitstream:
 
 
 def main(args: Args) -> None:
+    taken = [str(args.out_dir / p.name) for p in args.files if (args.out_dir / p.name).exists()]
+    if taken:
+        raise SystemExit(f"error: refusing to overwrite {', '.join(taken)} (choose another --out-dir)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for path in args.files:
         bs = read_file(path)
