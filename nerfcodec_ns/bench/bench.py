@@ -166,6 +166,7 @@ def _progress():
 
 def _run_steps(trainer, steps: range, label: str, cfg: Optional[BenchConfig] = None) -> List[Dict[str, float]]:
     """Train over ``steps`` with a progress bar; returns a short log (every 50 steps and the last).
+    When the output is not a terminal (a log file), each log entry is also printed as a line.
     With ``cfg``, the codec stages' learning rates follow :func:`set_stage_lrs`."""
     log = []
     with _progress() as bar:
@@ -180,7 +181,11 @@ def _run_steps(trainer, steps: range, label: str, cfg: Optional[BenchConfig] = N
                     entry["est_bytes"] = round(float(metrics["size_total_bytes"]))
                     entry["lambda"] = float(metrics["codec_lambda"])
                 log.append(entry)
-                bar.update(task, info=" ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"))
+                info = " ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step")
+                bar.update(task, info=info)
+                if not bar.console.is_terminal:  # a log file: rich draws the bar only at the end
+                    bar.console.print(f"{label} {step - steps[0] + 1}/{len(steps)} {info} "
+                                      f"({bar.tasks[0].elapsed or 0.0:.0f} s)", highlight=False)
             bar.advance(task)
     return log
 

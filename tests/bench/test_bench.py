@@ -4,6 +4,7 @@ table are written; bad input gives one line and exit code 2."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,16 @@ def test_bench_rejects_a_joint_lr_final_out_of_range():
     for bad in (0.0, -1.0, 1.5):
         with pytest.raises(BenchError, match="--joint-lr-final"):
             run_bench(BenchConfig(data=Path("."), base=Path("base.yml"), joint_lr_final=bad))
+
+
+def test_run_steps_prints_progress_lines_into_a_log(monkeypatch, capsys):
+    """Redirected to a file, rich shows no live bar: every log entry must also be a plain line."""
+    from nerfcodec_ns.bench import bench
+
+    monkeypatch.setattr(bench, "train_step", lambda trainer, step: (0.0, {}, {"psnr": 20.0 + step / 100}))
+    log = bench._run_steps(object(), range(100, 160), "joint")
+    assert [e["step"] for e in log] == [100, 150, 159]
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if re.match(r"joint \d+/60 ", ln)]  # not the final bar
+    assert [ln.split()[1] for ln in lines] == ["1/60", "51/60", "60/60"]
+    assert "train_psnr 21.5" in lines[1]
