@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import tyro
@@ -43,7 +43,7 @@ class Args:
     error there; fixed seed), after the projection."""
     eval_images: int = 20
     """Val images, evenly spaced (0: all), as `nerfcodec bench --eval-images`."""
-    out: Path = Path("")
+    out: Optional[Path] = None
     """Write the results as JSON here (empty: print only)."""
 
 
@@ -113,7 +113,7 @@ def main(args: Args) -> dict:
         param.data.copy_(orig)
     result = {"base": str(args.base), "step": step, "channels": C,
               "eval_images": len(indices), "seconds": time.time() - t0, "rows": rows}
-    if str(args.out):
+    if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import tyro
 
@@ -29,7 +30,7 @@ class Args:
     """Print (and keep) every this many steps, and the last two."""
     set: str = "{}"
     """JSON object of model settings (NerfcodecModelConfig fields) to change."""
-    out: Path = Path("")
+    out: Optional[Path] = None
     """Also write the trace as JSON here (empty: print only)."""
 
 
@@ -58,7 +59,7 @@ def main(args: Args) -> list:
                    "train_psnr": round(float(metrics["psnr"]), 2)}
             trace.append(row)
             print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-    if str(args.out):
+    if args.out is not None:
         args.out.write_text(json.dumps({"data": str(args.data), "set": json.loads(args.set), "trace": trace}, indent=1))
     return trace
 

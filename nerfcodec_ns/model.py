@@ -39,6 +39,7 @@ from nerfcodec_ns.field.field import MLP_BITS, TriplaneField, TriplaneFieldSpec,
 from nerfcodec_ns.field.rendering import accumulate_along_rays, render_weights
 from nerfcodec_ns.field.sampler import OccupancySampler, PackedSamples, nerfacc_usable
 from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
+from nerfcodec_ns.malloc import tune_malloc
 
 
 #: What a setting missing from a saved run config meant when that run trained (its default then).
@@ -193,6 +194,7 @@ class NerfcodecModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        tune_malloc()  # training and rendering reuse freed memory instead of page-faulting it back in
         if self.config.mlp_bits not in MLP_BITS:
             raise ValueError(f"mlp_bits must be one of {MLP_BITS}, got {self.config.mlp_bits!r}")
         aabb = self.scene_box.aabb.float()  # [2, 3]

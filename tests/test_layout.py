@@ -9,7 +9,7 @@ Stages (``field -> codec -> scenefile -> decoded run``, the bench on top of them
 model, the plugin config and the command line at the top)::
 
     nerfcodec_ns/
-      __init__, compat, atomic, metrics, scene       helpers (atomic and compat import nothing of the package)
+      __init__, compat, atomic, malloc, metrics, scene   helpers (atomic, compat, malloc import nothing of the package)
       field/      tri-plane field, sampler, rendering
       codec/      plane codec, backbones, pre-training, rate control
       scenefile/  the .nfc format, export, decode, nerfcodec-decoded dataparser, fuzzing
@@ -180,7 +180,7 @@ STAGE_RULES = [
     (("bench",), ("cli", "demo")),
     (("model",), ("scenefile.export", "scenefile.decode", "bench", "config", "cli", "demo")),
     (("config",), ("bench", "cli", "demo")),
-    (("atomic", "compat"), ("",)),  # the helpers everything uses import nothing of the package
+    (("atomic", "compat", "malloc"), ("",)),  # the helpers everything uses import nothing of the package
 ]
 
 
@@ -240,7 +240,7 @@ def test_every_import_names_an_existing_module():
 def test_layout_is_the_documented_one():
     top = {m.rpartition(".")[2] for m in GRAPH if m.count(".") == 1 and m not in
            {f"{PACKAGE}.{p}" for p in ("field", "codec", "scenefile", "bench")}}
-    assert top == {"compat", "atomic", "metrics", "scene", "model", "config", "cli", "demo"}
+    assert top == {"compat", "atomic", "malloc", "metrics", "scene", "model", "config", "cli", "demo"}
     assert (REPO / PACKAGE / "codec" / "weights" / "backbone.pt").is_file()
 
 

@@ -534,8 +534,11 @@ def pretrain(images: Union[Path, Sequence[Path]], output: Path, cfg: Optional[Pr
     continues exactly as an uninterrupted run (how a long pre-training spans several sessions). Raises PretrainError for user errors, before any training.
     torch's global RNG state is restored on return.
     """
+    from nerfcodec_ns.malloc import tune_malloc
+
     cfg = cfg or PretrainConfig()
     cfg.validate()
+    tune_malloc()  # the codec's training steps reuse freed memory (nerfcodec_ns/malloc.py)
     output = Path(output)
     ckpt = checkpoint_path(output)
 
