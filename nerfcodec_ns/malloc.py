@@ -3,7 +3,7 @@
 With glibc's defaults every tensor of more than a few MB is a fresh ``mmap``, handed back to the
 kernel when it is freed, so each training step page-faults its large activations in again. On this
 project's 2-core CPU machine that was a third of a joint step's time in the kernel
-(docs/foundation.md, "Allocator"). :func:`tune_malloc` sets, through glibc's ``mallopt``:
+(docs/codec.md, "The allocator"). :func:`tune_malloc` sets, through glibc's ``mallopt``:
 
 * ``M_MMAP_MAX`` 0: every allocation comes from the heap, which reuses freed blocks;
 * ``M_TRIM_THRESHOLD`` 2 GiB: freed memory at the top of the heap is kept, not trimmed.
