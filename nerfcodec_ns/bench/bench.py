@@ -185,7 +185,7 @@ def _run_steps(trainer, steps: range, label: str, cfg: Optional[BenchConfig] = N
                 bar.update(task, info=info)
                 if not bar.console.is_terminal:  # a log file: rich draws the bar only at the end
                     bar.console.print(f"{label} {step - steps[0] + 1}/{len(steps)} {info} "
-                                      f"({bar.tasks[0].elapsed or 0.0:.0f} s)", highlight=False)
+                                      f"({bar.tasks[0].elapsed or 0.0:.0f} s)", highlight=False, soft_wrap=True)
             bar.advance(task)
     return log
 

@@ -207,9 +207,11 @@ def test_run_steps_prints_progress_lines_into_a_log(monkeypatch, capsys):
     from nerfcodec_ns.bench import bench
 
     monkeypatch.setattr(bench, "train_step", lambda trainer, step: (0.0, {}, {"psnr": 20.0 + step / 100}))
-    log = bench._run_steps(object(), range(100, 160), "joint")
+    label = "nerfcodec-l1e-05 (to 600 joint steps of a long-named point)"
+    log = bench._run_steps(object(), range(100, 160), label)
     assert [e["step"] for e in log] == [100, 150, 159]
     out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if re.match(r"joint \d+/60 ", ln)]  # not the final bar
-    assert [ln.split()[1] for ln in lines] == ["1/60", "51/60", "60/60"]
+    lines = [ln[len(label) + 1:] for ln in out.splitlines() if re.match(re.escape(label) + r" \d+/60 ", ln)]  # not the bar
+    assert [ln.split()[0] for ln in lines] == ["1/60", "51/60", "60/60"]
     assert "train_psnr 21.5" in lines[1]
+    assert all(re.search(r"\(\d+ s\)$", ln) for ln in lines), "a progress line was wrapped"
