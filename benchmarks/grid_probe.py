@@ -9,6 +9,7 @@ optionally dilated), and report the grids' agreement and both PSNRs.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,22 +37,17 @@ class Args:
 
 @torch.no_grad()
 def derived_grid(model, sub: int, dilate: int) -> torch.Tensor:
-    est = model.sampler.estimator
-    res = est.resolution.tolist() if hasattr(est.resolution, "tolist") else [int(est.resolution)] * 3
-    box = est.aabbs[0]
-    g = int(res[0])
+    g, box = model.sampler.grid_resolution, model.sampler.estimator.aabbs[0]
     occ = torch.zeros(g, g, g)
     offs = (torch.arange(sub, dtype=torch.float32) + 0.5) / sub
     idx = torch.arange(g, dtype=torch.float32)
     planes = model.render_planes()
-    for a in range(sub):
-        for b in range(sub):
-            for c in range(sub):
-                pts = torch.stack(torch.meshgrid(idx + offs[a], idx + offs[b], idx + offs[c], indexing="ij"), -1) / g
-                x = (box[:3] + pts.reshape(-1, 3) * (box[3:] - box[:3]))
-                d = torch.cat([model.field.density(x[i:i + (1 << 18)], planes)[0].reshape(-1)
-                               for i in range(0, x.shape[0], 1 << 18)])
-                occ = torch.maximum(occ, (d * model.sampler.step_size).reshape(g, g, g))
+    for a, b, c in itertools.product(offs, repeat=3):
+        pts = torch.stack(torch.meshgrid(idx + a, idx + b, idx + c, indexing="ij"), -1).reshape(-1, 3) / g
+        x = box[:3] + pts * (box[3:] - box[:3])
+        d = torch.cat([model.field.density(x[i:i + (1 << 18)], planes)[0].reshape(-1)
+                       for i in range(0, x.shape[0], 1 << 18)])
+        occ = torch.maximum(occ, (d * model.sampler.step_size).reshape(g, g, g))
     binaries = occ > min(float(occ.mean()), model.config.occ_thre)
     if dilate:
         k = 2 * dilate + 1

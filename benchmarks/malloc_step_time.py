@@ -40,6 +40,7 @@ class Args:
     latent_gain: float = 2.0
     """Latent quantization gain (``CodecConfig.latent_gain``)."""
     out: Path = Path("docs/bench/malloc_step_time.json")
+    """Where to write the results."""
     child: Optional[str] = None
     """Internal: run one measurement in this mode ("default" or "tuned")."""
 
@@ -71,7 +72,7 @@ def main(args: Args) -> dict:
     import torch
 
     runs = []
-    for rep in range(args.repeats):
+    for _ in range(args.repeats):
         for mode in ("default", "tuned"):
             env = dict(os.environ, NERFCODEC_MALLOC=mode)
             cmd = [sys.executable, __file__, "--base", str(args.base), "--steps", str(args.steps), "--warmup",

@@ -38,8 +38,8 @@ from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.field.field import MLP_BITS, TriplaneField, TriplaneFieldSpec, mlp_payload_estimate
 from nerfcodec_ns.field.rendering import accumulate_along_rays, render_weights
 from nerfcodec_ns.field.sampler import OccupancySampler, PackedSamples, nerfacc_usable
-from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
 from nerfcodec_ns.malloc import tune_malloc
+from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
 
 
 #: What a setting missing from a saved run config meant when that run trained (its default then).
