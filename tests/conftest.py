@@ -87,11 +87,28 @@ def tiny_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_nfc(tiny_run, tmp_path_factory):
-    """The tiny run exported in-process: (path, ExportResult)."""
+    """The tiny run exported in-process: (path, ExportResult). Its grid is derived by the decoder
+    (the default ``grid_source``)."""
     from nerfcodec_ns.scenefile.export import export_run
 
     path = tmp_path_factory.mktemp("nfc") / "tiny.nfc"
     return path, export_run(tiny_run, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_sent_run(tiny_scene, tiny_backbone, tmp_path_factory) -> Path:
+    """The tiny run with ``grid_source="sent"`` (the file carries the occupancy grid's bits)."""
+    return train_tiny(tiny_scene, tmp_path_factory.mktemp("runs_sent"), "--pipeline.model.codec.weights",
+                      str(tiny_backbone), "--pipeline.model.grid-source", "sent")
+
+
+@pytest.fixture(scope="session")
+def tiny_sent_nfc(tiny_sent_run, tmp_path_factory):
+    """:func:`tiny_sent_run` exported in-process: (path, ExportResult)."""
+    from nerfcodec_ns.scenefile.export import export_run
+
+    path = tmp_path_factory.mktemp("nfc_sent") / "tiny_sent.nfc"
+    return path, export_run(tiny_sent_run, path)
 
 
 @pytest.fixture(scope="session")

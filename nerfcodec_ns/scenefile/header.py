@@ -24,24 +24,34 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Version this writer writes. 2 added ``CodecSettings.packing`` (packed parameter sections), 3
 ``CodecSettings.tables`` (entropy-coding tables that every CPU chooses the same), 4
 ``CodecSettings.mix_images`` (channel mixing, ``mix.<level>`` sections), 5 real captures:
 ``FieldArch.contraction``, ``RenderSettings.grid_levels`` and ``cone_angle`` (unbounded scenes) and
 the optional ``intrinsics`` section (per-camera intrinsics, camera models and distortion), 6
-``FieldArch.mlp_bits`` (an int8 ``mlp`` section)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+``FieldArch.mlp_bits`` (an int8 ``mlp`` section), 7 ``RenderSettings.grid_source``,
+``grid_threshold`` and ``grid_points`` (an occupancy grid the decoder derives from the decoded field,
+no ``grid`` section)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 """Versions this reader reads (a version-1 file has raw parameter sections only; versions 1 and 2
 have float tables; versions 1 to 3 no channel mixing; versions 1 to 4 bounded scenes and shared
-intrinsics only; versions 1 to 5 a float16 MLP)."""
+intrinsics only; versions 1 to 5 a float16 MLP; versions 1 to 6 a sent grid)."""
 #: Most RGB images per plane with channel mixing (``CodecSettings.mix_images``); the format imports
 #: nothing of the codec, so the codec's ``MAX_MIX_IMAGES`` is the same number (tested).
 MAX_MIX_IMAGES = 8
 #: Header fields added by a format version: (part, name, version, what files before it mean).
 FIELDS_ADDED = (("codec", "packing", 2, "raw"), ("codec", "tables", 3, "float"), ("codec", "mix_images", 4, 0),
                 ("field", "contraction", 5, "none"), ("render", "grid_levels", 5, 1),
-                ("render", "cone_angle", 5, 0.0), ("field", "mlp_bits", 6, 16))
+                ("render", "cone_angle", 5, 0.0), ("field", "mlp_bits", 6, 16),
+                ("render", "grid_source", 7, "sent"), ("render", "grid_threshold", 7, 0.01),
+                ("render", "grid_points", 7, 1))
+#: Where the occupancy grid comes from (``RenderSettings.grid_source``): the ``grid`` section, or the
+#: decoded field (the sampler's ``OccupancySampler.derive``).
+GRID_SOURCES = ("sent", "derived")
+#: Most points per cell and axis of a derived grid (``RenderSettings.grid_points``): points**3 density
+#: evaluations per cell bound the decoder's work.
+MAX_GRID_POINTS = 4
 #: Storage of the MLP parameters (``FieldArch.mlp_bits``; the field's ``MLP_BITS``, tested to agree).
 MLP_BITS = (16, 8)
 #: Scene contractions a field may use (the field's ``CONTRACTIONS``, tested to agree): none (a
@@ -85,6 +95,9 @@ MAX_MLP_WIDTH = 1024
 #: Occupancy-grid resolution (the renderer's occupancy estimator holds about 40 bytes a cell and twice
 #: that while it is built: 160^3 is 0.3 GB, 256^3 needed over 1 GB, 512^3 3.2 GB).
 MAX_GRID_RESOLUTION = 160
+#: Density evaluations of a derived grid (grid levels * resolution**3 * grid_points**3): bounds the
+#: decoder's work (2^25 is about 10 s on two CPU cores; lego's 128^3 at 1 point is 2^21).
+MAX_GRID_EVALUATIONS = 1 << 25
 #: Training cameras (poses) in the ``cameras`` section (``nerfcodec decode`` renders a view of each).
 MAX_CAMERAS = 1 << 13
 #: Image width and height of the cameras, in pixels.
@@ -142,7 +155,8 @@ def limits() -> Dict[str, Any]:
         "magnitude of header numbers": MAX_MAGNITUDE, "focal length (px)": f">= {MIN_FOCAL:g}",
         "latent gain": f"{MIN_LATENT_GAIN:g}..{MAX_LATENT_GAIN:g}", "header JSON bytes": MAX_HEADER_JSON_BYTES,
         "camera models": ", ".join(CAMERA_MODELS), "occupancy-grid levels": MAX_GRID_LEVELS,
-        "cone angle": f"0..{MAX_CONE_ANGLE:g}",
+        "cone angle": f"0..{MAX_CONE_ANGLE:g}", "derived grid: points per cell and axis": MAX_GRID_POINTS,
+        "derived grid: density evaluations": MAX_GRID_EVALUATIONS,
     }
 
 
@@ -367,6 +381,15 @@ class RenderSettings:
     cone_angle: float = 0.0
     """Ray-marching step growth (format 5): step = max(t * cone_angle, render_step_size) at distance t
     (0: constant steps). Files before format 5 are read as 0."""
+    grid_source: str = "sent"
+    """Where the occupancy grid comes from (format 7): "sent" (the ``grid`` section) or "derived" (no
+    ``grid`` section: the decoder evaluates the decoded field's density at ``grid_points**3`` sub-cell
+    centres of every cell, takes the largest density * ``render_step_size`` as the cell's occupancy, and
+    marks the cells above min(mean occupancy, ``grid_threshold``)). Files before format 7 are read as "sent"."""
+    grid_threshold: float = 0.01
+    """Occupancy threshold of a derived grid (format 7; unused when sent)."""
+    grid_points: int = 1
+    """Points per cell and axis of a derived grid (format 7; unused when sent)."""
 
     def __post_init__(self) -> None:
         o = "RenderSettings"
@@ -385,7 +408,14 @@ class RenderSettings:
              early_stop_eps=_float(o, "early_stop_eps", self.early_stop_eps, 0.0, hi=1.0),
              near_plane=_float(o, "near_plane", self.near_plane, 0.0),
              background=_str(o, "background", self.background, ("white", "black")), grid_levels=levels,
-             cone_angle=_float(o, "cone_angle", self.cone_angle, 0.0, hi=MAX_CONE_ANGLE))
+             cone_angle=_float(o, "cone_angle", self.cone_angle, 0.0, hi=MAX_CONE_ANGLE),
+             grid_source=_str(o, "grid_source", self.grid_source, GRID_SOURCES),
+             grid_threshold=_float(o, "grid_threshold", self.grid_threshold, 0.0, hi=1.0),
+             grid_points=_int(o, "grid_points", self.grid_points, 1, MAX_GRID_POINTS))
+        evaluations = self.grid_levels * self.grid_resolution ** 3 * self.grid_points ** 3
+        if self.grid_source == "derived" and evaluations > MAX_GRID_EVALUATIONS:
+            raise _bad(o, "grid_points", f"at most {MAX_GRID_EVALUATIONS} density evaluations for a derived grid "
+                       f"(levels * resolution^3 * points^3 = {evaluations})", self.grid_points)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ nerfacc's batched, pure-torch ``render_weight_from_density``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from nerfacc import render_weight_from_density
 
 from nerfcodec_ns.field.rendering import accumulate_along_rays, render_weights
 from nerfcodec_ns.field.sampler import (
+    DERIVE_REFINE_DIVISOR,
     CoarseGrid,
     OccupancySampler,
     PackedSamples,
@@ -556,3 +558,78 @@ def test_coarse_grid_cache_not_stale_after_repeated_updates():
             assert got.ray_indices.numel() == ref.ray_indices.numel(), (
                 f"stale coarse grid: {got.ray_indices.numel()} samples instead of {ref.ray_indices.numel()}")
             pytest.fail("stale coarse grid returned by OccupancySampler.coarse_grid()")
+
+
+# --------------------------------------------------------------------------- the derived grid
+def _derived_reference(density_fn, aabbs, res, step, points, thre):
+    """Brute force, one cell at a time: the centre's density * step; with points > 1, cells within one
+    cell of a centre above thre / DERIVE_REFINE_DIVISOR also take their sub-cell centres' largest;
+    occupied above min(mean over all cells of all levels, thre)."""
+    def occ_at(box, ijk):
+        x = box[:3] + torch.tensor(ijk, dtype=torch.float32) / res * (box[3:] - box[:3])
+        return float(density_fn(x[None])[0]) * step
+
+    cells = list(itertools.product(range(res), repeat=3))
+    occ = torch.zeros(len(aabbs), res, res, res)
+    for lvl, box in enumerate(aabbs):
+        for i, j, k in cells:
+            occ[lvl, i, j, k] = occ_at(box, (i + 0.5, j + 0.5, k + 0.5))
+    centre = occ.clone()
+    if points > 1:
+        subs = [(a + 0.5) / points for a in range(points)]
+        for lvl, box in enumerate(aabbs):
+            for i, j, k in cells:
+                window = centre[lvl, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2, max(k - 1, 0) : k + 2]
+                if float(window.max()) > thre / DERIVE_REFINE_DIVISOR:
+                    for a, b, c in itertools.product(subs, repeat=3):
+                        occ[lvl, i, j, k] = max(float(occ[lvl, i, j, k]), occ_at(box, (i + a, j + b, k + c)))
+    return occ, centre, occ > min(float(occ.mean()), thre)
+
+
+def _blob(x: torch.Tensor) -> torch.Tensor:
+    """A density with a sharp off-centre blob and a weak haze (some cells sit between the thresholds)."""
+    centre = torch.tensor([0.3, -0.2, 0.1])
+    return 50.0 * torch.exp(-((x - centre) ** 2).sum(-1) / 0.05) + 0.2 * (x[..., 0] > 0).float()
+
+
+@pytest.mark.parametrize("levels,points", [(1, 1), (1, 2), (2, 2)])
+def test_derived_grid_matches_a_cell_by_cell_reference(levels, points):
+    res, step, thre = 6, 0.02, 0.01
+    sampler = OccupancySampler(AABB, grid_resolution=res, step_size=step, levels=levels)
+    sampler.derive(_blob, occ_thre=thre, points=points, chunk=7)  # chunks that split cells and levels
+    occ, centre, binaries = _derived_reference(_blob, sampler.level_aabbs, res, step, points, thre)
+    assert torch.allclose(sampler.estimator.occs.view(levels, res, res, res), occ, rtol=1e-6, atol=0)
+    assert torch.equal(sampler.level_binaries, binaries)
+    assert 0 < int(binaries.sum()) < binaries.numel()  # the rule has something to decide here
+    if points > 1:  # some cells were refined, and refining changed what is occupied
+        refined = occ > centre
+        assert 0 < int(refined.sum()) < refined.numel()
+        assert not torch.equal(binaries, centre > min(float(centre.mean()), thre))
+    # the march box follows the derived cells
+    assert torch.equal(sampler.march_aabb, occupied_aabb(sampler.level_binaries, sampler.level_aabbs))
+
+
+def test_derived_grid_is_the_same_on_every_call_and_ignores_the_old_grid():
+    sampler = OccupancySampler(AABB, grid_resolution=16, step_size=0.02)
+    sampler.derive(_blob, points=2)
+    first = (sampler.estimator.occs.clone(), sampler.binaries.clone())
+    torch.manual_seed(1)
+    for step in range(0, 64, 4):  # EMA updates move the grid; a new derivation forgets them
+        sampler.update(step, lambda x: 3.0 * _blob(x), warmup_steps=64, every=4)
+    assert not torch.equal(sampler.estimator.occs, first[0])
+    sampler.derive(_blob, points=2)
+    assert torch.equal(sampler.estimator.occs, first[0]) and torch.equal(sampler.binaries, first[1])
+
+
+def test_derived_grid_treats_nan_density_as_empty():
+    sampler = OccupancySampler(AABB, grid_resolution=8, step_size=0.02)
+    sampler.derive(lambda x: torch.where(x[..., 0] > 0, torch.full_like(x[..., 0], float("nan")), _blob(x)))
+    assert bool(torch.isfinite(sampler.estimator.occs).all())
+    assert not bool(sampler.binaries[4:].any())  # the NaN half (x > 0) is empty
+
+
+def test_derived_grid_of_empty_space():
+    """Nothing above the refinement threshold: no cell is refined and none is occupied."""
+    sampler = OccupancySampler(AABB, grid_resolution=8, step_size=0.02)
+    sampler.derive(lambda x: torch.zeros_like(x[..., 0]), points=2)
+    assert not bool(sampler.binaries.any()) and float(sampler.estimator.occs.abs().max()) == 0.0

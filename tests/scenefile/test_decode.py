@@ -51,7 +51,24 @@ def test_decode_equals_training_time_quantized_planes_exactly(trained, tiny_nfc,
     params = trained.model.field.mlp_parameters()
     for got, want in zip(scene.mlp, transmitted_mlp_values([p.cpu() for p in params], bits)):
         assert torch.equal(got, want)
+    # the grid the decoder derived is the one the last training step derived (the default grid_source)
+    assert scene.header.render.grid_source == "derived"
     assert torch.equal(scene.grid, trained.model.sampler.level_binaries.cpu())
+    assert torch.equal(scene.occupancy, trained.model.sampler.estimator.occs.cpu())
+
+
+def test_sent_grid_decodes_to_the_checkpoint_grid(tiny_sent_run, tiny_sent_nfc, tiny_backbone):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(tiny_sent_run, test_mode="inference")
+    scene = decode_file(tiny_sent_nfc[0], tiny_backbone)
+    assert scene.header.render.grid_source == "sent" and scene.occupancy is None
+    assert torch.equal(scene.grid, pipeline.model.sampler.level_binaries.cpu())
+    model = build_model(scene)
+    cams = pipeline.datamanager.train_dataparser_outputs.cameras
+    with torch.no_grad():
+        want = pipeline.eval().model.get_outputs_for_camera(cams[0:1])["rgb"]
+        assert (model.get_outputs_for_camera(cams[0:1])["rgb"] - want).abs().max().item() <= 1e-6
 
 
 def test_decoded_model_renders_what_training_evaluation_renders(trained, tiny_nfc, tiny_backbone):
@@ -218,12 +235,12 @@ def test_info_bad_file_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("occupied_cells", [1, None])
-def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_nfc, tiny_backbone, occupied_cells):
-    """The sampler caps alpha_thre by the mean occupancy value (as nerfacc does); the decoded grid
-    must never change the threshold the file says, even when almost no cell is occupied."""
+def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_sent_nfc, tiny_backbone, occupied_cells):
+    """The sampler caps alpha_thre by the mean occupancy value (as nerfacc does); a sent grid must
+    never change the threshold the file says, even when almost no cell is occupied."""
     from nerfcodec_ns.scenefile.export import effective_alpha_thre
 
-    scene = decode_file(tiny_nfc[0], tiny_backbone)
+    scene = decode_file(tiny_sent_nfc[0], tiny_backbone)
     if occupied_cells is not None:
         grid = torch.zeros_like(scene.grid)
         grid.view(-1)[:occupied_cells] = True
@@ -231,6 +248,25 @@ def test_decoded_sampler_uses_the_exported_opacity_threshold(tiny_nfc, tiny_back
     model = build_model(scene)
     assert effective_alpha_thre(model) == scene.header.render.alpha_thre
     assert torch.equal(model.sampler.level_binaries, scene.grid)
+
+
+def test_derived_grid_caps_the_opacity_threshold_as_training_did(trained, tiny_nfc, tiny_backbone):
+    """A derived grid's file names the configured alpha_thre; the decoder caps it by the mean of the
+    occupancies it derived, as the trained model's sampler does."""
+    from nerfcodec_ns.scenefile.export import effective_alpha_thre
+
+    scene = decode_file(tiny_nfc[0], tiny_backbone)
+    model = build_model(scene)
+    assert scene.header.render.alpha_thre == trained.model.config.alpha_thre
+    assert effective_alpha_thre(model) == effective_alpha_thre(trained.model)
+    assert effective_alpha_thre(model) == min(scene.header.render.alpha_thre, float(scene.occupancy.mean()))
+
+
+def test_a_derived_file_with_a_grid_section_is_refused(tiny_nfc, tiny_sent_nfc, tiny_backbone):
+    derived, sent = read_file(tiny_nfc[0]), read_file(tiny_sent_nfc[0])
+    bad = Bitstream(derived.header, derived.sections + (Section("grid", sent.section("grid")),))
+    with pytest.raises(BitstreamError, match="grid is derived must not have a 'grid' section"):
+        decode_bitstream(bad, tiny_backbone)
 
 
 def test_ns_render_renders_the_decoded_run(decoded_run, tmp_path):

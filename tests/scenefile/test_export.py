@@ -71,7 +71,16 @@ def test_file_size_equals_sections_and_info(tiny_nfc, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["total_bytes"] == len(data)
     assert info["sections"] == section_sizes(data)
-    assert {"y.0", "z.0", "y.1", "z.1", "head", "mlp", "grid", "cameras", "entropy_bottleneck"} <= set(info["sections"])
+    assert {"y.0", "z.0", "y.1", "z.1", "head", "mlp", "cameras", "entropy_bottleneck"} <= set(info["sections"])
+    assert "grid" not in info["sections"]  # the default: the decoder derives it
+
+
+def test_sent_grid_is_a_section_of_the_file(tiny_sent_nfc, tiny_nfc):
+    sent, derived = read_file(tiny_sent_nfc[0]), read_file(tiny_nfc[0])
+    assert sent.header.render.grid_source == "sent" and derived.header.render.grid_source == "derived"
+    assert sent.has_section("grid") and not derived.has_section("grid")
+    assert derived.header.render.grid_points == 2 and derived.header.render.grid_threshold == 0.01
+    assert tiny_sent_nfc[1].estimated["grid"] == len(sent.section("grid")) > 0
 
 
 def test_info_table_total_is_the_file_size(tiny_nfc, capsys):
@@ -102,7 +111,7 @@ def test_training_size_accounting_matches_the_sections(tiny_nfc):
         assert len(payload) - _array_overhead(payload) == est[part], part
         # per array: dtype, ndim and shape (2 + 4 * ndim bytes) and a length varint
         assert _array_overhead(payload) <= 20 * len(decode_strings(payload)) + 2
-    assert len(bs.section("grid")) == est["grid"]
+    assert est["grid"] == 0 and not bs.has_section("grid")  # derived by the decoder
     norm = sum(decode_array(bs.section(f"norm.{l}")).nbytes for l in range(2))
     assert norm == est["norm_stats"]
 

@@ -208,7 +208,7 @@ def test_format_modules_do_not_import_torch():
         "sys.modules['nerfcodec_ns'] = pkg  # the package __init__ imports torch (checkpoint shims)\n"
         "from nerfcodec_ns import atomic\n"
         "from nerfcodec_ns.scenefile import cameras, container, header, payload\n"
-        "assert container.MAGIC and header.FORMAT_VERSION == 6 and payload.decode_array and cameras.decode_poses\n"
+        "assert container.MAGIC and header.FORMAT_VERSION == 7 and payload.decode_array and cameras.decode_poses\n"
         "print('torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -430,8 +430,8 @@ def test_specific_errors():
     assert error_of(b"PK\x03\x04rest").startswith("bad magic b'PK\\x03\\x04': not a NeRFCodec scene file")
     assert error_of(b"NF") == "truncated file: magic needs 4 bytes, 2 left"
     assert error_of(data[:5]) == "truncated file: format version needs 2 bytes, 1 left"
-    assert error_of(frame(header, sections, version=7)) == (
-        "unsupported format version 7 (this reader knows 1, 2, 3, 4, 5, 6)")
+    assert error_of(frame(header, sections, version=8)) == (
+        "unsupported format version 8 (this reader knows 1, 2, 3, 4, 5, 6, 7)")
     assert error_of(data[:20]) == f"truncated file: header needs {len(header)} bytes, 10 left"
     assert error_of(data[: y0 + 10]) == (
         f"truncated file: section 'y.0' payload needs {len(sections[0][1])} bytes, 3 left")
@@ -634,10 +634,10 @@ def test_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="scene file not found"):
         read_file(tmp_path / "absent.nfc")
     bad = tmp_path / "bad.nfc"
-    bad.write_bytes(b"NFC\x00\x07\x00")
+    bad.write_bytes(b"NFC\x00\x08\x00")
     with pytest.raises(BitstreamError) as info:
         read_file(bad)
-    assert str(info.value) == f"{bad}: unsupported format version 7 (this reader knows 1, 2, 3, 4, 5, 6)"
+    assert str(info.value) == f"{bad}: unsupported format version 8 (this reader knows 1, 2, 3, 4, 5, 6, 7)"
 
 
 def test_version_1_files_still_read_and_cannot_claim_packed_sections():
@@ -654,6 +654,8 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
             del value["codec"][name]
         del value["field"]["contraction"], value["render"]["grid_levels"], value["render"]["cone_angle"]
         del value["field"]["mlp_bits"]
+        for name in GRID_FIELDS:
+            del value["render"][name]
         return zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
 
     back = unpack(frame(legacy_header(("packing", "tables", "mix_images")), sections, version=1))  # what a version-1 writer produced
@@ -678,7 +680,7 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         value = _json.loads(header_json(make_header()))
         value["codec"]["mix_images"] = bad
         blob = zlib.compress(_json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii"))
-        assert "mix_images" in error_of(frame(blob, sections, version=6))
+        assert "mix_images" in error_of(frame(blob, sections, version=7))
     # format 5 names the contraction, grid levels and cone angle; versions before it cannot
     assert unpack(frame(mixed, sections, version=4)).header.render.grid_levels == 1
     assert unpack(frame(mixed, sections, version=4)).header.field.contraction == "none"
@@ -686,14 +688,48 @@ def test_version_1_files_still_read_and_cannot_claim_packed_sections():
         "header: format version 4 has no field.contraction field")
     assert "missing field 'contraction'" in error_of(frame(mixed, sections, version=5))
     # format 6 names the MLP's storage; versions before it cannot, and read as float16
-    current = encode_header(make_header())
+    v6 = _json.loads(header_json(make_header()))
+    for name in GRID_FIELDS:
+        del v6["render"][name]
+    current = zlib.compress(_json.dumps(v6, sort_keys=True, separators=(",", ":")).encode("ascii"))
     assert unpack(frame(current, sections, version=6)).header.field.mlp_bits == 16
     assert error_of(frame(current, sections, version=5)) == "header: format version 5 has no field.mlp_bits field"
-    v5 = _json.loads(header_json(make_header()))
-    del v5["field"]["mlp_bits"]
+    v5 = dict(v6, field={k: v for k, v in v6["field"].items() if k != "mlp_bits"})
     v5 = zlib.compress(_json.dumps(v5, sort_keys=True, separators=(",", ":")).encode("ascii"))
     assert unpack(frame(v5, sections, version=5)).header.field.mlp_bits == 16
     assert "missing field 'mlp_bits'" in error_of(frame(v5, sections, version=6))
+    # format 7 names where the grid comes from; versions before it cannot, and read as sent
+    assert unpack(frame(current, sections, version=6)).header.render.grid_source == "sent"
+    seven = encode_header(make_header())
+    assert error_of(frame(seven, sections, version=6)) == "header: format version 6 has no render.grid_source field"
+    assert "missing field 'grid_source'" in error_of(frame(current, sections, version=7))
+    assert unpack(frame(seven, sections, version=7)).header == make_header()
+
+
+#: Render-settings fields added by format 7 (a derived occupancy grid).
+GRID_FIELDS = ("grid_source", "grid_threshold", "grid_points")
+
+
+def test_derived_grid_settings_are_checked():
+    """A derived grid names a known source, a threshold in [0, 1], 1..MAX_GRID_POINTS points per cell
+    and axis, and at most MAX_GRID_EVALUATIONS density evaluations in all."""
+    import dataclasses
+
+    from nerfcodec_ns.scenefile.header import MAX_GRID_EVALUATIONS, MAX_GRID_POINTS, RenderSettings
+
+    render = make_header().render
+    ok = dataclasses.replace(render, grid_source="derived", grid_points=2, grid_threshold=0.02)
+    assert (ok.grid_source, ok.grid_points, ok.grid_threshold) == ("derived", 2, 0.02)
+    for bad in (dict(grid_source="guessed"), dict(grid_points=0), dict(grid_points=MAX_GRID_POINTS + 1),
+                dict(grid_threshold=-0.1), dict(grid_threshold=1.5)):
+        with pytest.raises(BitstreamError, match=next(iter(bad))):
+            dataclasses.replace(render, **{"grid_source": "derived", "grid_points": 1, **bad})
+    big = dict(grid_resolution=160, grid_levels=8, render_step_size=1.0, grid_points=2)
+    assert 8 * 160**3 * 2**3 > MAX_GRID_EVALUATIONS  # too much work to derive, fine to send
+    assert RenderSettings(**{**dataclasses.asdict(render), **big}).grid_source == "sent"
+    with pytest.raises(BitstreamError, match="density evaluations"):
+        RenderSettings(**{**dataclasses.asdict(render), **big, "grid_source": "derived"})
+    assert RenderSettings(**{**dataclasses.asdict(render), **big, "grid_source": "derived", "grid_points": 1})
 
 
 def test_version_5_unbounded_fields_are_checked():
