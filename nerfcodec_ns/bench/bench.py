@@ -422,13 +422,18 @@ def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16, g
     return points
 
 
-def reference_pipeline(base_cfg, base_state):
-    """A CPU val pipeline (codec off) holding the base field: the uncompressed reference."""
+def reference_pipeline(base_cfg, base_state, grid_points: Optional[int] = None):
+    """A CPU val pipeline (codec off) holding the base field: the uncompressed reference. With
+    ``grid_points``, its occupancy grid is derived from the field (as every file of a bench with
+    ``--grid-source derived`` has it), so that the float32 file renders exactly the reference."""
     torch.manual_seed(0)
     ref_cfg = copy.deepcopy(base_cfg)
     ref_cfg.pipeline.model.codec_enabled = False
     pipeline = ref_cfg.pipeline.setup(device="cpu", test_mode="val")
     load_field(pipeline.model, base_state)
+    if grid_points is not None:
+        pipeline.model.config.grid_points = grid_points
+        pipeline.model.derive_grid()
     return pipeline
 
 
@@ -704,7 +709,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     base_cfg.pipeline.datamanager.data = cfg.data if cfg.base is None else base_cfg.pipeline.datamanager.data
 
     t = time.perf_counter()
-    pipeline = reference_pipeline(base_cfg, base_state)
+    pipeline = reference_pipeline(base_cfg, base_state, cfg.grid_points if cfg.grid_source == "derived" else None)
     model = pipeline.model
     dataset = pipeline.datamanager.eval_dataset
     indices = eval_indices(len(dataset), cfg.eval_images)

@@ -39,6 +39,12 @@ def source(tiny_nfc):
 
 
 @pytest.fixture(scope="module")
+def sent_source(tiny_sent_nfc):
+    """The tiny run with its grid sent (the ``grid`` section; ``source`` derives it)."""
+    return tiny_sent_nfc[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
 def float_source(tiny_float_nfc):
     """The same run with CompressAI's float tables (``tables="float"``, the format-2 coding)."""
     return tiny_float_nfc.read_bytes()
@@ -157,10 +163,10 @@ def test_packed_section_bomb_is_refused(source, tmp_path, tiny_backbone):
     assert result.outcome == "rejected" and "entropy_bottleneck" in result.message, result
 
 
-def test_grid_bomb_is_refused(source, tmp_path, tiny_backbone):
-    header = _header(source)
+def test_grid_bomb_is_refused(sent_source, tmp_path, tiny_backbone):
+    header = _header(sent_source)
     header["render"]["grid_resolution"] = MAX_GRID_RESOLUTION  # within the limit, and no more bits
-    data = _rewrite(source, header, sections={"grid": fuzz.lzma2_bomb(128 << 20, 0xFF)})
+    data = _rewrite(sent_source, header, sections={"grid": fuzz.lzma2_bomb(128 << 20, 0xFF)})
     result = fuzz.run_case(_write(tmp_path, data), timeout_s=60, memory_limit_bytes=1 << 30, weights=tiny_backbone)
     assert result.outcome == "rejected" and "bit mask" in result.message, result
 
