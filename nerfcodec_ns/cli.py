@@ -300,6 +300,10 @@ class Info:
             ("planes", f"{len(h.field.resolutions)} levels {list(h.field.resolutions)} x {h.field.channels} channels"),
             ("float32 planes", f"{planes:,} bytes ({planes / total:.0f}x this file)"),
             ("cameras", f"{h.cameras.width}x{h.cameras.height} {h.cameras.camera_model}"),
+            ("occupancy grid", f"{h.render.grid_levels} x {h.render.grid_resolution}^3, "
+             + ("sent (section 'grid')" if h.render.grid_source == "sent" else
+                f"derived by the decoder ({h.render.grid_points} points per cell and axis, "
+                f"threshold {h.render.grid_threshold:g})")),
         ]
         _print_table("header", ["", "value"], meta)
 

@@ -88,6 +88,7 @@ def test_info_table_total_is_the_file_size(tiny_nfc, capsys):
     assert entrypoint(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"{path.stat().st_size:,}" in out and "total (= file size)" in out
+    assert "derived by" in out  # the occupancy-grid row (the table wraps the rest of it)
 
 
 def _array_overhead(payload: bytes) -> int:
