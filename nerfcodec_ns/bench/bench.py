@@ -350,8 +350,7 @@ def common_sections(model, cameras, mlp_bits: int = 16, grid_source: str = "sent
     :func:`nerfcodec_ns.scenefile.export.field_payloads`)."""
     from nerfcodec_ns.scenefile.export import field_payloads
 
-    mlp, grid, poses = field_payloads(model, cameras, mlp_bits=mlp_bits)
-    return [mlp, grid if grid_source == "sent" else b"", poses]
+    return list(field_payloads(model, cameras, mlp_bits=mlp_bits, grid=grid_source == "sent"))
 
 
 def pack_baseline(name: str, payload: bytes, common: List[bytes], mlp_bits: int = 16) -> bytes:
@@ -372,10 +371,10 @@ def unpack_baseline(data: bytes, ref_mlp: Sequence[torch.Tensor]) -> Tuple[str, 
 
 
 def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Path, mlp_bits: int = 16,
-                 grid_points: Optional[int] = None) -> Point:
+                 derive_grid: bool = False) -> Point:
     """Encode the model's planes with ``coder``, write the file, read it back, decode, render;
-    ``grid_points``: the file has no grid, derive it from the decoded field with that many points per
-    cell and axis (as a NeRFCodec decoder does)."""
+    ``derive_grid``: the file has no grid, derive it from the decoded field as a NeRFCodec decoder
+    does (``model.derive_grid`` with the model's ``grid_points``)."""
     levels = [p.detach().cpu().numpy() for p in model.field_planes()]
     t0 = time.perf_counter()
     data = pack_baseline(coder.name, coder.encode(levels), common, mlp_bits)
@@ -393,23 +392,20 @@ def run_baseline(coder, model, dataset, indices, common: List[bytes], folder: Pa
             param.copy_(torch.from_numpy(value))
         for param, value in zip(eval_model.field.mlp_parameters(), mlp):
             param.copy_(value)
-    if grid_points is not None:
-        eval_model.config.grid_points = grid_points
+    if derive_grid:
         eval_model.derive_grid()
     metrics = evaluate(eval_model, dataset, indices)
     return Point(name=coder.name, family=coder.family, bytes=path.stat().st_size, **metrics,
                  file=str(path), encode_s=round(encode_s, 3), decode_s=round(decode_s, 3))
 
 
-def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16, grid_source: str = "sent",
-                  grid_points: int = 1) -> List[Point]:
+def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16, grid_source: str = "sent") -> List[Point]:
     """Every coder's point on the pipeline's field (the float32 file keeps a float32 MLP, the others
     store it with ``mlp_bits``, as the NeRFCodec files of the same bench; every file carries the grid
-    as ``grid_source`` says)."""
+    as ``grid_source`` says, a derived one with the pipeline model's ``grid_points``)."""
     model, dataset = pipeline.model, pipeline.datamanager.eval_dataset
     cameras = pipeline.datamanager.train_dataparser_outputs.cameras
     common = {bits: common_sections(model, cameras, bits, grid_source) for bits in (mlp_bits, 32)}
-    derive = grid_points if grid_source == "derived" else None
     points = []
     with _progress() as bar:
         task = bar.add_task("baselines", total=len(coders), info="")
@@ -417,7 +413,7 @@ def run_baselines(coders, pipeline, indices, folder: Path, mlp_bits: int = 16, g
             bar.update(task, info=coder.name)
             bits = 32 if coder.name == "float32" else mlp_bits
             sections = common[bits]
-            points.append(run_baseline(coder, model, dataset, indices, sections, folder, bits, derive))
+            points.append(run_baseline(coder, model, dataset, indices, sections, folder, bits, grid_source == "derived"))
             bar.advance(task)
     return points
 
@@ -734,8 +730,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
         coders = default_coders(backbone)
         if cfg.baseline_families:
             coders = [c for c in coders if c.family in cfg.baseline_families]
-        result["points"] += run_baselines(coders, pipeline, indices, points_dir, cfg.mlp_bits, cfg.grid_source,
-                                          cfg.grid_points)
+        result["points"] += run_baselines(coders, pipeline, indices, points_dir, cfg.mlp_bits, cfg.grid_source)
         _write_json(cfg.output_dir / "results.json", result)
     times["baselines"] = time.perf_counter() - t
 

@@ -304,10 +304,8 @@ def _decode_bitstream(bs: Bitstream, weights: Optional[Path]) -> DecodedScene:
 def derive_grid(scene: DecodedScene) -> DecodedScene:
     """``scene`` with the occupancy grid its decoded field gives (``OccupancySampler.derive`` with the
     header's threshold and points per cell), as the encoder's model derived it."""
-    r = scene.header.render
-    model = build_model(scene)
-    model.sampler.derive(lambda x: model.field.density(x, model.render_planes())[0], occ_thre=r.grid_threshold,
-                         points=r.grid_points)
+    model = build_model(scene)  # its config holds the header's grid_threshold and grid_points
+    model.derive_grid()
     est = model.sampler.estimator
     return scene._replace(grid=est.binaries.reshape(scene.grid.shape).clone(), occupancy=est.occs.clone())
 
@@ -375,7 +373,8 @@ def model_config(header: Header):
         sh_degree=a.sh_degree, grid_resolution=r.grid_resolution, render_step_size=r.render_step_size,
         alpha_thre=r.alpha_thre, early_stop_eps=r.early_stop_eps, near_plane=r.near_plane,
         background_color=r.background, codec_enabled=False, scene_contraction=a.contraction,
-        grid_levels=r.grid_levels, cone_angle=r.cone_angle,
+        grid_levels=r.grid_levels, cone_angle=r.cone_angle, grid_source=r.grid_source,
+        occ_thre=r.grid_threshold, grid_points=r.grid_points,
     )
 
 

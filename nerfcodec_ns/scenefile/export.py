@@ -213,8 +213,8 @@ def build_bitstream(model: "NerfcodecModel", cameras: "Cameras", transform: torc
             ctx = [v for k, v in state.items() if k.startswith(("context_prediction.", "entropy_parameters."))]
             sections.append(Section("context_model", params(*ctx)))
         bits = int(model.config.mlp_bits)
-        mlp, grid, poses = field_payloads(model, cameras, mlp_bits=bits, packing=packing)
         derived = model.config.grid_source == "derived"  # the decoder rebuilds the grid (format 7)
+        mlp, grid, poses = field_payloads(model, cameras, mlp_bits=bits, packing=packing, grid=not derived)
         sections += [Section("mlp", mlp), *(() if derived else (Section("grid", grid),)), Section("cameras", poses)]
         if camera_table is not None:  # cameras that differ, or distortion: one row per camera
             sections.append(Section("intrinsics", encode_intrinsics(camera_table)))
@@ -276,11 +276,14 @@ def mlp_payload(params: Sequence[torch.Tensor], bits: int = 16, packing: str = "
     return pack_smallest(raw) if packing == "lzma" else raw
 
 
-def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_bits: int = 16, packing: str = "lzma"):
-    """The payloads of the ``mlp`` (:func:`mlp_payload`), ``grid`` (packed bits + LZMA) and ``cameras``
-    (LZMA float32 poses) sections, which every scene file carries besides the planes."""
+def field_payloads(model: "NerfcodecModel", cameras: "Cameras", mlp_bits: int = 16, packing: str = "lzma",
+                   grid: bool = True):
+    """The payloads of the ``mlp`` (:func:`mlp_payload`), ``grid`` (packed bits + LZMA; ``b""`` without
+    ``grid``: the decoder derives it) and ``cameras`` (LZMA float32 poses) sections, which every scene
+    file carries besides the planes."""
     mlp = mlp_payload(model.field.mlp_parameters(), mlp_bits, packing)
-    return mlp, encode_bits(model.sampler.level_binaries.cpu().numpy()), encode_poses(cameras.camera_to_worlds)
+    bits = encode_bits(model.sampler.level_binaries.cpu().numpy()) if grid else b""
+    return mlp, bits, encode_poses(cameras.camera_to_worlds)
 
 
 def effective_alpha_thre(model: "NerfcodecModel") -> float:
