@@ -105,6 +105,9 @@ class BenchConfig:
     latent_gain: float = 1.0
     """Latent quantization gain of the NeRFCodec points (CodecConfig.latent_gain): y is coded as
     round(g y) / g, a finer quantizer for g > 1 (more bits, less quantization error)."""
+    synthesis_input: str = "noise"
+    """What the codec's synthesis sees of the latent in training (CodecConfig.synthesis_input):
+    "noise" (the rate's additive-noise proxy) or "round" (rounded, straight-through)."""
     weights: str = "embedded"
     """Codec backbone weights ("embedded", "zoo" or a file); also the non-adapted CompressAI baseline's."""
     adapt_heads: bool = False
@@ -282,7 +285,8 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     m.codec_enabled = True
     m.codec = codec if codec is not None else CodecConfig(
         weights=cfg.weights, clip_sigmas=cfg.clip_sigmas, adapt_heads=cfg.adapt_heads, head_init=cfg.head_init,
-        train_precision=cfg.train_precision, mix_images=cfg.mix_images, latent_gain=cfg.latent_gain)
+        train_precision=cfg.train_precision, mix_images=cfg.mix_images, latent_gain=cfg.latent_gain,
+        synthesis_input=cfg.synthesis_input)
     m.mlp_bits = cfg.mlp_bits
     m.grid_source, m.grid_points = cfg.grid_source, cfg.grid_points
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps

@@ -54,7 +54,7 @@ from nerfcodec_ns.codec.entropy import (
     rans_pad_bytes,
     reproducible_convolutions,
 )
-from nerfcodec_ns.codec.quant import QuantizedHead, fake_quantize, quantize_int
+from nerfcodec_ns.codec.quant import QuantizedHead, fake_quantize, quantize_int, round_ste
 from nerfcodec_ns.codec.settings import CodecConfig
 from nerfcodec_ns.field.field import PLANE_AXES
 
@@ -467,17 +467,22 @@ class PlaneCodec(nn.Module):
         y = self._transform(self.g_a, self._to_images(self._normalize(planes, lo16, hi16), level))
         z = self._transform(self.h_a, torch.abs(y) if self.architecture == "bmshj2018-hyperprior" else y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        rounded = self.training and self.config.synthesis_input == "round"
+        if rounded:  # h_s sees the z the decoder gets (rounded around the medians); the rate keeps the noise
+            medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+            z_hat = round_ste(z - medians) + medians
         params = self._transform(self.h_s, z_hat)
         g = self.gain
         if self.architecture == "bmshj2018-hyperprior":
             y_hat, y_likelihoods = self.gaussian_conditional(y * g, params * g)
-            y_hat = y_hat / g
+            y_hat = (round_ste(y * g) if rounded else y_hat) / g
         elif self.architecture == "mbt2018-mean":
             scales, means = params.chunk(2, 1)
             y_hat, y_likelihoods = self.gaussian_conditional(y * g, scales * g, means=means * g)
-            y_hat = y_hat / g
+            y_hat = (round_ste(y * g - means * g) + means * g if rounded else y_hat) / g
         else:
-            y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
+            y_hat = (round_ste(y) if rounded
+                     else self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize"))
             ctx = self.context_prediction(y_hat)
             scales, means = self.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)
             _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)

@@ -26,6 +26,11 @@ class _RoundSTE(torch.autograd.Function):
         return g
 
 
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` with an identity gradient (straight-through)."""
+    return _RoundSTE.apply(x)
+
+
 def quant_scale(absmax: Tensor, bits: int) -> Tensor:
     """Symmetric quantization step for values in ``[-absmax, absmax]`` with ``bits`` bits.
 

@@ -13,7 +13,9 @@ Architecture = Literal["bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor
 HEAD_INITS = ("random", "pretrained")
 #: What a setting missing from a saved config (a run's config.yml written before the setting existed)
 #: meant when that run trained: its default then. Current defaults differ for these.
-LEGACY_DEFAULTS = {"adapt_heads": True, "mix_images": 0, "train_precision": "float32"}
+LEGACY_DEFAULTS = {"adapt_heads": True, "mix_images": 0, "train_precision": "float32", "synthesis_input": "noise"}
+#: What the synthesis transform sees of the latent in training (``CodecConfig.synthesis_input``).
+SYNTHESIS_INPUTS = ("noise", "round")
 ARCHITECTURES: Tuple[str, ...] = ("bmshj2018-hyperprior", "mbt2018-mean", "cheng2020-anchor")
 #: Most RGB images per plane with channel mixing (``CodecConfig.mix_images``, and the scene-file
 #: header's ``CodecSettings.mix_images``).
@@ -69,6 +71,12 @@ class CodecConfig:
     "pretrained" (the backbone's RGB layers tiled over the channels, i.e. where the frozen heads are,
     then trained). Only the adapted layers' starting point differs; what is transmitted is the same."""
 
+    synthesis_input: Literal["noise", "round"] = "noise"
+    """What g_s sees of the latent y in training. "noise": y plus uniform noise, the same proxy the
+    rate term uses (CompressAI's training). "round": the rounded y, as at decoding, with a
+    straight-through gradient; the rate still uses the noisy y (Minnen and Singh, ICIP 2020, "mixed"
+    quantization). Evaluation, export and decoding always round, so files are unchanged."""
+
     mix_images: int = 2
     """Channel mixing (default 2). 0: the C channels of a plane go through the backbone as one C-channel image
     (new or tiled first/last layers, ``adapt_heads``). k >= 1: a per-plane 1x1 linear map (started
@@ -94,6 +102,8 @@ class CodecConfig:
             raise ValueError("latent_gain is only supported for bmshj2018-hyperprior and mbt2018-mean")
         if self.train_precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train_precision must be auto, float32 or bfloat16, got {self.train_precision!r}")
+        if self.synthesis_input not in SYNTHESIS_INPUTS:
+            raise ValueError(f"synthesis_input must be one of {SYNTHESIS_INPUTS}, got {self.synthesis_input!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         for name in ("head_bits", "vector_bits"):
