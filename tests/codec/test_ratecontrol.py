@@ -67,6 +67,9 @@ def test_ns_train_lands_the_exported_file_on_the_target(tiny_scene, tiny_backbon
         # the C-channel adapted-heads codec: a file that starts far off the target, so the gain is retuned
         "--pipeline.model.codec.mix-images", "0", "--pipeline.model.codec.adapt-heads", "True",
         "--pipeline.model.codec.weights", str(tiny_backbone), "--optimizers.codec.optimizer.lr", "1e-3",
+        # the same arithmetic on every test machine ("auto" is bfloat16 on CPUs with AVX-512 BF16, where
+        # this run ended 6% under the budget instead of within 5%)
+        "--pipeline.model.codec.train-precision", "float32",
         "--pipeline.model.codec-lambda", "1e-3", "--pipeline.model.codec-target-bytes", str(target),
         "--pipeline.model.rate-control-gain", "0.5", "--pipeline.model.rate-control-calibrate-every", "10",
         "blender-data",
