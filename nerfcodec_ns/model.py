@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
+from typing import Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from nerfcodec_ns.metrics import LazyLPIPS, psnr, ssim
 
 
 #: What a setting missing from a saved run config meant when that run trained (its default then).
-LEGACY_MODEL_DEFAULTS = {"mlp_bits": 16}
+LEGACY_MODEL_DEFAULTS = {"mlp_bits": 16, "codec_pass_every": 1}
 
 
 @dataclass
@@ -165,6 +165,12 @@ class NerfcodecModelConfig(ModelConfig):
     retune the latent quantization gain to land on it (see ``NerfcodecModel.land_on_target``)."""
     rate_control_calibrate_every: int = 100
     """Rate control: build the real scene file every this many steps to calibrate the size estimate."""
+    codec_pass_every: int = 1
+    """Joint stage: one codec pass (forward and backward through the codec) per this many training
+    steps. The steps of a window render the same decoded planes; their gradients on those planes are
+    summed and sent through the codec once, at the window's last step, with the rate (and plane TV)
+    weighted by the window's length, so the codec, latents and planes step once per window with the
+    summed gradient while the MLP steps every step. 1: a codec pass every step (see docs/codec.md)."""
     codec_rec_mult: float = 1.0
     """Weight of the warm-up feature-reconstruction loss (MSE of the normalized planes)."""
     log_file_size_every: int = 1000
@@ -234,6 +240,11 @@ class NerfcodecModel(Model):
             # kept in checkpoints, so a resumed run continues with the lambda it reached
             self.register_buffer("codec_log_lambda", torch.tensor(self._rate.log_lambda, dtype=torch.float64))
         self._decoded_cache: Optional[Tuple[tuple, List[Tensor]]] = None
+        # the training step being run and whether it is the run's last (set by a callback; None outside a
+        # trainer), and the open joint-stage window (codec_pass_every)
+        self._train_step: Optional[int] = None
+        self._train_last = False
+        self._window: Optional[CodecWindow] = None
         self._grid_bytes: Optional[Tuple[Tensor, int, int]] = None
         #: The data-parser config the run trains with (set by training and export; the scene file records it).
         self.dataparser_config = None
@@ -267,10 +278,12 @@ class NerfcodecModel(Model):
                 sample_fraction=self.config.occ_sample_fraction,
             )
 
+        trainer = training_callback_attributes.trainer
+
         def set_stage(step: int) -> None:
             self.codec_stage.fill_(self.stage_at(step))
+            self._train_step, self._train_last = step, is_last(step)
 
-        trainer = training_callback_attributes.trainer
         if training_callback_attributes.pipeline is not None:
             self.dataparser_config = training_callback_attributes.pipeline.config.datamanager.dataparser
         file_sizes: Dict[tuple, Optional[int]] = {}
@@ -383,6 +396,44 @@ class NerfcodecModel(Model):
         planes = self.field.plane_list()
         return [self.codec(p.detach() if detach_planes else p, level) for level, p in enumerate(planes)]
 
+    def _window_key(self) -> tuple:
+        """Versions of everything a codec pass reads (planes, codec parameters, latent gain): a window's
+        decoded planes are valid while none of them has changed."""
+        assert self.codec is not None
+        return tuple(p._version for p in (*self.field.planes, *self.codec.parameters(), self.codec.latent_gain))
+
+    def _joint_pass(self) -> "JointPass":
+        """The decoded planes one joint-stage training step renders (``codec_pass_every``).
+
+        With a window of K steps, the first step of a window runs the codec (with its graph kept); every
+        step but the last renders detached copies of the decoded planes (leaves that sum their
+        gradients); the last step renders the decoded planes themselves and carries the summed gradient
+        of the earlier steps into the one backward pass through the codec (``carried``: zero-valued, its
+        gradient is that sum). The rate is counted once, at the last step, weighted by the window's
+        length. A window whose inputs changed (a restored checkpoint) starts again.
+        """
+        k = max(1, int(self.config.codec_pass_every))
+        step = self._train_step
+        if k == 1 or step is None:
+            outs = self.code_planes()
+            return JointPass(outs, [o.x_hat for o in outs], *codec_bits(outs), 1, None)
+        pos = (step - self.config.codec_field_steps - self.config.codec_warmup_steps) % k
+        w = self._window
+        if w is None or pos == 0 or not step - pos <= w.start < step or w.key != self._window_key():
+            outs = self.code_planes()
+            with torch.no_grad():
+                bits = codec_bits(outs)
+            w = self._window = CodecWindow(step, outs, [o.x_hat.detach().requires_grad_(True) for o in outs],
+                                           bits, self._window_key())
+        if pos < k - 1 and not self._train_last:
+            return JointPass(w.outs, w.leaves, *w.bits, 0, None)
+        self._window = None
+        planes = [o.x_hat for o in w.outs]
+        carried = [(x * leaf.grad).sum() for x, leaf in zip(planes, w.leaves) if leaf.grad is not None]
+        total = sum(carried) if carried else None
+        return JointPass(w.outs, planes, *codec_bits(w.outs), step - w.start + 1,
+                         None if total is None else total - total.detach())
+
     # ------------------------------------------------------------------ rendering
     def evaluated_mlp(self):
         """Context in which the field's MLP holds what no-grad evaluation renders with: from the joint
@@ -401,10 +452,13 @@ class NerfcodecModel(Model):
         n_rays = origins.shape[0]
         stage = int(self.codec_stage) if self.codec is not None else 0
         codec_outs: Optional[List[CodecOutput]] = None
-        if self.training and torch.is_grad_enabled() and stage >= 1:  # a training step (not a no-grad render)
-            codec_outs = self.code_planes(detach_planes=stage == 1)
-            # warm-up renders the frozen planes; joint training renders the decoded ones
-            planes = [p.detach() for p in self.field_planes()] if stage == 1 else [o.x_hat for o in codec_outs]
+        joint: Optional[JointPass] = None
+        if self.training and torch.is_grad_enabled() and stage == 1:  # warm-up: render the frozen planes
+            codec_outs = self.code_planes(detach_planes=True)
+            planes = [p.detach() for p in self.field_planes()]
+        elif self.training and torch.is_grad_enabled() and stage >= 2:  # joint: render the decoded planes
+            joint = self._joint_pass()
+            codec_outs, planes = joint.outs, joint.planes
         else:
             planes = self.render_planes()
 
@@ -440,9 +494,13 @@ class NerfcodecModel(Model):
         rgb = rgb + (1.0 - acc) * self.background
         counts = torch.bincount(ri, minlength=n_rays).to(rgb.dtype)
         outputs = {"rgb": rgb, "accumulation": acc, "depth": depth, "num_samples_per_ray": counts[:, None]}
-        if codec_outs is not None:
-            outputs["codec_bits_y"] = sum(o.likelihoods["y"].log2().sum() for o in codec_outs).neg()
-            outputs["codec_bits_z"] = sum(o.likelihoods["z"].log2().sum() for o in codec_outs).neg()
+        if joint is not None:
+            outputs["codec_bits_y"], outputs["codec_bits_z"] = joint.bits_y, joint.bits_z
+            outputs["codec_window_steps"] = torch.tensor(float(joint.steps))
+            if joint.carried is not None:
+                outputs["codec_carried"] = joint.carried
+        elif codec_outs is not None:
+            outputs["codec_bits_y"], outputs["codec_bits_z"] = codec_bits(codec_outs)
             if stage == 1:
                 outputs["codec_rec"] = sum(
                     normalized_mse(o.x_hat, p.detach()) for o, p in zip(codec_outs, self.field.plane_list())
@@ -575,15 +633,19 @@ class NerfcodecModel(Model):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = self.ground_truth(batch)
         loss = {"rgb_loss": F.mse_loss(outputs["rgb"], gt)}
-        if self.training and "codec_bits_y" in outputs and self.codec is not None:
+        # a joint-stage window (codec_pass_every): the codec, the rate and the planes count at its last step
+        window = float(outputs["codec_window_steps"]) if "codec_window_steps" in outputs else 1.0
+        if self.training and "codec_bits_y" in outputs and self.codec is not None and window > 0:
             kbytes = (outputs["codec_bits_y"] + outputs["codec_bits_z"]) / 8000.0
-            loss["codec_rate"] = self.codec_lambda() * kbytes
-            loss["codec_aux"] = self.codec.aux_loss()
+            loss["codec_rate"] = window * self.codec_lambda() * kbytes
+            loss["codec_aux"] = window * self.codec.aux_loss()
             if "codec_rec" in outputs:
                 loss["codec_rec"] = self.config.codec_rec_mult * outputs["codec_rec"]
+            if "codec_carried" in outputs:
+                loss["codec_carried"] = outputs["codec_carried"]
         frozen_planes = self.codec is not None and int(self.codec_stage) == 1  # codec warm-up
-        if self.training and self.config.plane_tv_mult > 0 and not frozen_planes:
-            loss["plane_tv"] = self.config.plane_tv_mult * sum(plane_tv(p) for p in self.field.plane_list())
+        if self.training and self.config.plane_tv_mult > 0 and not frozen_planes and window > 0:
+            loss["plane_tv"] = window * self.config.plane_tv_mult * sum(plane_tv(p) for p in self.field.plane_list())
         return loss
 
     def get_image_metrics_and_images(
@@ -599,6 +661,41 @@ class NerfcodecModel(Model):
         depth = colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"])
         images = {"img": torch.cat([gt, pred], dim=1), "accumulation": acc, "depth": depth}
         return metrics, images
+
+
+class JointPass(NamedTuple):
+    """What one joint-stage training step renders and counts (``NerfcodecModel._joint_pass``)."""
+
+    outs: List[CodecOutput]
+    """The codec's outputs of the window's pass, one per plane level."""
+    planes: List[Tensor]
+    """Planes to render, ``[3, C, R, R]`` per level: the decoded planes, or detached copies of them."""
+    bits_y: Tensor
+    """Estimated bits of all latents y (a scalar; with gradients only at a window's last step)."""
+    bits_z: Tensor
+    """Estimated bits of all hyper-latents z (a scalar)."""
+    steps: int
+    """Steps the rate and the codec's gradient stand for: the window's length at its last step, else 0."""
+    carried: Optional[Tensor]
+    """Zero-valued scalar whose gradient on the decoded planes is the window's earlier steps' summed
+    gradient (None: nothing to carry)."""
+
+
+class CodecWindow(NamedTuple):
+    """An open joint-stage window: the codec pass its steps share."""
+
+    start: int
+    outs: List[CodecOutput]
+    leaves: List[Tensor]
+    bits: Tuple[Tensor, Tensor]
+    key: tuple
+
+
+def codec_bits(outs: Sequence[CodecOutput]) -> Tuple[Tensor, Tensor]:
+    """Estimated bits of the latents y and hyper-latents z of every level (two scalars)."""
+    y = sum(o.likelihoods["y"].log2().sum() for o in outs).neg()
+    z = sum(o.likelihoods["z"].log2().sum() for o in outs).neg()
+    return y, z
 
 
 def auto_contraction(cameras, scene_box) -> str:
