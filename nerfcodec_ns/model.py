@@ -170,7 +170,8 @@ class NerfcodecModelConfig(ModelConfig):
     steps. The steps of a window render the same decoded planes; their gradients on those planes are
     summed and sent through the codec once, at the window's last step, with the rate (and plane TV)
     weighted by the window's length, so the codec, latents and planes step once per window with the
-    summed gradient while the MLP steps every step. 1: a codec pass every step (see docs/codec.md)."""
+    summed gradient while the MLP steps every step. 1: a codec pass every step (docs/codec.md: not
+    yet measured)."""
     codec_rec_mult: float = 1.0
     """Weight of the warm-up feature-reconstruction loss (MSE of the normalized planes)."""
     log_file_size_every: int = 1000
@@ -368,8 +369,7 @@ class NerfcodecModel(Model):
         """
         if self.codec is None or int(self.codec_stage) < 2:
             return self.clipped_planes()
-        params = [*self.field.planes, *self.codec.parameters(), self.codec.latent_gain]
-        key = (self.training, tuple(p._version for p in params))
+        key = (self.training, self._codec_inputs_version())
         if self._decoded_cache is None or self._decoded_cache[0] != key:
             with torch.no_grad():
                 decoded = [out.x_hat for out in self.code_planes()]
@@ -396,9 +396,9 @@ class NerfcodecModel(Model):
         planes = self.field.plane_list()
         return [self.codec(p.detach() if detach_planes else p, level) for level, p in enumerate(planes)]
 
-    def _window_key(self) -> tuple:
-        """Versions of everything a codec pass reads (planes, codec parameters, latent gain): a window's
-        decoded planes are valid while none of them has changed."""
+    def _codec_inputs_version(self) -> tuple:
+        """Versions of everything a codec pass reads (planes, codec parameters, latent gain): decoded
+        planes (a cache, a joint-stage window's pass) are valid while none of them has changed."""
         assert self.codec is not None
         return tuple(p._version for p in (*self.field.planes, *self.codec.parameters(), self.codec.latent_gain))
 
@@ -416,22 +416,22 @@ class NerfcodecModel(Model):
         step = self._train_step
         if k == 1 or step is None:
             outs = self.code_planes()
-            return JointPass(outs, [o.x_hat for o in outs], *codec_bits(outs), 1, None)
+            return JointPass([o.x_hat for o in outs], *codec_bits(outs), 1, None)
         pos = (step - self.config.codec_field_steps - self.config.codec_warmup_steps) % k
-        w = self._window
-        if w is None or pos == 0 or not step - pos <= w.start < step or w.key != self._window_key():
+        w, version = self._window, self._codec_inputs_version()
+        if w is None or pos == 0 or not step - pos <= w.start < step or w.key != version:
             outs = self.code_planes()
             with torch.no_grad():
                 bits = codec_bits(outs)
             w = self._window = CodecWindow(step, outs, [o.x_hat.detach().requires_grad_(True) for o in outs],
-                                           bits, self._window_key())
+                                           bits, version)
         if pos < k - 1 and not self._train_last:
-            return JointPass(w.outs, w.leaves, *w.bits, 0, None)
+            return JointPass(w.leaves, *w.bits, 0, None)
         self._window = None
         planes = [o.x_hat for o in w.outs]
         carried = [(x * leaf.grad).sum() for x, leaf in zip(planes, w.leaves) if leaf.grad is not None]
         total = sum(carried) if carried else None
-        return JointPass(w.outs, planes, *codec_bits(w.outs), step - w.start + 1,
+        return JointPass(planes, *codec_bits(w.outs), step - w.start + 1,
                          None if total is None else total - total.detach())
 
     # ------------------------------------------------------------------ rendering
@@ -458,7 +458,7 @@ class NerfcodecModel(Model):
             planes = [p.detach() for p in self.field_planes()]
         elif self.training and torch.is_grad_enabled() and stage >= 2:  # joint: render the decoded planes
             joint = self._joint_pass()
-            codec_outs, planes = joint.outs, joint.planes
+            planes = joint.planes
         else:
             planes = self.render_planes()
 
@@ -666,8 +666,6 @@ class NerfcodecModel(Model):
 class JointPass(NamedTuple):
     """What one joint-stage training step renders and counts (``NerfcodecModel._joint_pass``)."""
 
-    outs: List[CodecOutput]
-    """The codec's outputs of the window's pass, one per plane level."""
     planes: List[Tensor]
     """Planes to render, ``[3, C, R, R]`` per level: the decoded planes, or detached copies of them."""
     bits_y: Tensor
