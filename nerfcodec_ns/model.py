@@ -245,6 +245,9 @@ class NerfcodecModel(Model):
         # trainer), and the open joint-stage window (codec_pass_every)
         self._train_step: Optional[int] = None
         self._train_last = False
+        #: The last step of the current run of steps when a driver other than the Trainer's
+        #: ``max_num_iterations`` decides where training stops (the bench): a window closes there too.
+        self.segment_end: Optional[int] = None
         self._window: Optional[CodecWindow] = None
         self._grid_bytes: Optional[Tuple[Tensor, int, int]] = None
         #: The data-parser config the run trains with (set by training and export; the scene file records it).
@@ -283,7 +286,7 @@ class NerfcodecModel(Model):
 
         def set_stage(step: int) -> None:
             self.codec_stage.fill_(self.stage_at(step))
-            self._train_step, self._train_last = step, is_last(step)
+            self._train_step, self._train_last = step, is_last(step) or step == self.segment_end
 
         if training_callback_attributes.pipeline is not None:
             self.dataparser_config = training_callback_attributes.pipeline.config.datamanager.dataparser

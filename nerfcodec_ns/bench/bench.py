@@ -96,6 +96,10 @@ class BenchConfig:
     """Learning rate of the planes in the codec stages."""
     fields_lr: float = 5e-4
     """Learning rate of the MLPs in the codec stages."""
+    codec_pass_every: int = 1
+    """Joint steps per codec pass of the NeRFCodec points (NerfcodecModelConfig.codec_pass_every): 1
+    (default) runs the codec every step; K > 1 once per window of K steps, the window's gradients
+    carried into it (cheaper steps; each window also closes at a scored point)."""
     joint_lr_final: float = 1.0
     """Learning-rate multiplier reached at the last joint step: the four learning rates above decay
     exponentially over the joint stage from 1x to this (1: constant, as before; the warm-up is
@@ -178,6 +182,7 @@ def _run_steps(trainer, steps: range, label: str, cfg: Optional[BenchConfig] = N
     When the output is not a terminal (a log file), each log entry is also printed as a line.
     With ``cfg``, the codec stages' learning rates follow :func:`set_stage_lrs`."""
     log = []
+    trainer.pipeline.model.segment_end = steps[-1] if len(steps) else None  # a codec window closes here
     with _progress() as bar:
         task = bar.add_task(label, total=len(steps), info="")
         for step in steps:
@@ -292,6 +297,7 @@ def codec_trainer(cfg: BenchConfig, base_cfg, base_state, lmbda: float, target_b
     m.codec_field_steps, m.codec_warmup_steps = 0, cfg.warmup_steps
     m.codec_lambda, m.codec_target_bytes = lmbda, target_bytes
     m.occ_warmup_steps = 0  # the grid comes from the base field
+    m.codec_pass_every = cfg.codec_pass_every
     if cfg.joint_rays > 0:
         tc.pipeline.datamanager.train_num_rays_per_batch = cfg.joint_rays
     m.log_file_size_every = 0
@@ -678,6 +684,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     if any(k <= 0 or k >= cfg.joint_steps for k in cfg.score_at):
         raise BenchError(f"--score-at steps must lie between 0 and --joint-steps ({cfg.joint_steps}): "
                          f"{list(cfg.score_at)}")
+    if cfg.codec_pass_every < 1:
+        raise BenchError(f"--codec-pass-every must be at least 1, got {cfg.codec_pass_every}")
     if not 0 < cfg.joint_lr_final <= 1:
         raise BenchError(f"--joint-lr-final must be in (0, 1], got {cfg.joint_lr_final}")
     known = sorted({c.family for c in default_coders(None)} | {"compressai"})

@@ -220,6 +220,33 @@ def test_joint_lr_decay_is_a_function_of_the_step(tiny_run, tiny_backbone):
     assert {g["lr"] for g in trainer.optimizers.optimizers["fields"].param_groups} == {cfg.fields_lr}
 
 
+def test_bench_codec_pass_every_closes_its_window_where_a_run_of_steps_ends(tiny_run, tiny_backbone):
+    """``--codec-pass-every 4``: the model gets K; a run of 2 joint steps (a scored point, the end of a
+    point's joint stage) closes the open window there, so the codec steps with the window's gradient
+    instead of dropping it."""
+    import torch
+
+    from nerfcodec_ns.bench.bench import BenchConfig, _run_steps, codec_trainer, load_base
+
+    base_cfg, state, _ = load_base(tiny_run)
+    cfg = BenchConfig(data=Path("."), weights=str(tiny_backbone), warmup_steps=1, train_rays=64, codec_pass_every=4)
+    trainer = codec_trainer(cfg, base_cfg, state, 1e-5)
+    model = trainer.pipeline.model
+    assert model.config.codec_pass_every == 4
+    _run_steps(trainer, range(0, 1), "warm-up")
+    before = [p.detach().clone() for p in model.codec.g_a.parameters()]
+    _run_steps(trainer, range(1, 3), "joint", cfg)
+    assert model.segment_end == 2 and model._window is None
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.codec.g_a.parameters()))
+
+
+def test_bench_rejects_a_codec_pass_every_below_one():
+    from nerfcodec_ns.bench.bench import BenchConfig, BenchError, run_bench
+
+    with pytest.raises(BenchError, match="--codec-pass-every"):
+        run_bench(BenchConfig(data=Path("."), base=Path("base.yml"), codec_pass_every=0))
+
+
 def test_bench_rejects_a_joint_lr_final_out_of_range():
     from nerfcodec_ns.bench.bench import BenchConfig, BenchError, run_bench
 
@@ -232,10 +259,14 @@ def test_run_steps_prints_progress_lines_into_a_log(monkeypatch, capsys):
     """Redirected to a file, rich shows no live bar: every log entry must also be a plain line."""
     from nerfcodec_ns.bench import bench
 
+    from types import SimpleNamespace
+
     monkeypatch.setattr(bench, "train_step", lambda trainer, step: (0.0, {}, {"psnr": 20.0 + step / 100}))
     label = "nerfcodec-l1e-05 (to 600 joint steps of a long-named point)"
-    log = bench._run_steps(object(), range(100, 160), label)
+    trainer = SimpleNamespace(pipeline=SimpleNamespace(model=SimpleNamespace()))
+    log = bench._run_steps(trainer, range(100, 160), label)
     assert [e["step"] for e in log] == [100, 150, 159]
+    assert trainer.pipeline.model.segment_end == 159  # where a codec window closes
     out = capsys.readouterr().out
     lines = [ln[len(label) + 1:] for ln in out.splitlines() if re.match(re.escape(label) + r" \d+/60 ", ln)]  # not the bar
     assert [ln.split()[0] for ln in lines] == ["1/60", "51/60", "60/60"]
