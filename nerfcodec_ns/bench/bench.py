@@ -500,7 +500,9 @@ def run_nerfcodec(cfg: BenchConfig, base_cfg, base_state, dataset, indices, fold
     trainer = codec_trainer(cfg, base_cfg, base_state, mid, target_bytes=int(cfg.budget[0]) if cfg.budget else 0)
     model = trainer.pipeline.model
     model.set_rate_target(0, mid)  # the shared warm-up runs at a fixed lambda
+    t0 = time.perf_counter()
     warm_log = _run_steps(trainer, range(cfg.warmup_steps), "codec warm-up")
+    warmup_s = round(time.perf_counter() - t0, 1)
     snapshot = training_snapshot(trainer)
     points = []
     joint = range(cfg.warmup_steps, cfg.warmup_steps + cfg.joint_steps)
@@ -508,26 +510,29 @@ def run_nerfcodec(cfg: BenchConfig, base_cfg, base_state, dataset, indices, fold
         restore_training(trainer, snapshot)
         model.set_rate_target(target, lmbda)
         torch.manual_seed(1)
-        t0 = time.perf_counter()
+        train_s = 0.0  # joint-stage training only: the scoring of intermediate points is not counted
         log: List[Dict[str, float]] = []
         done = cfg.warmup_steps
         for k in sorted(cfg.score_at) if target <= 0 else ():  # intermediate points along this run
+            t0 = time.perf_counter()
             log += _run_steps(trainer, range(done, cfg.warmup_steps + k), f"{name} (to {k} joint steps)", cfg)
+            train_s += time.perf_counter() - t0
             done = cfg.warmup_steps + k
-            extra_k = {"lambda": lmbda, "joint_steps": k, "train_s": round(time.perf_counter() - t0, 1),
+            extra_k = {"lambda": lmbda, "joint_steps": k, "train_s": round(train_s, 1), "warmup_s": warmup_s,
                        "train_log": warm_log + log}
             points.append(export_and_score(trainer, f"{name}-j{k}", f"nerfcodec-j{k}", dataset, indices, folder,
                                            extra_k, _weights_file(cfg.weights)))
+        t0 = time.perf_counter()
         log += _run_steps(trainer, range(done, joint.stop), name, cfg)
         extra: Dict[str, Any] = {"lambda": lmbda if target <= 0 else model.codec_lambda(),
-                                 "joint_steps": cfg.joint_steps}
+                                 "joint_steps": cfg.joint_steps, "warmup_s": warmup_s}
         if target > 0:  # what ns-train does at its last step: land the rate with the quantization gain
             outputs = trainer.pipeline.datamanager.train_dataparser_outputs
             extra["target_bytes"] = target
             extra["size_before_landing"] = scene_file_size(model, outputs)
             model.land_on_target(outputs)
             extra["latent_gain"] = model.codec.gain
-        extra["train_s"] = round(time.perf_counter() - t0, 1)
+        extra["train_s"] = round(train_s + time.perf_counter() - t0, 1)
         extra["train_log"] = warm_log + log
         point = export_and_score(trainer, name, family, dataset, indices, folder, extra, _weights_file(cfg.weights))
         if target > 0:

@@ -114,6 +114,9 @@ def test_a_point_scored_along_a_run_equals_the_shorter_run(tiny_run, tiny_scene,
     along = bench(tmp_path / "along", "--joint-steps", "4", "--score-at", "2")
     assert along["nerfcodec-l1e-05-j2"]["joint_steps"] == 2 and along["nerfcodec-l1e-05-j2"]["family"] == "nerfcodec-j2"
     assert along["nerfcodec-l1e-05"]["joint_steps"] == 4
+    # training seconds of the joint stage so far (the scoring of the j2 point is not in them), and the warm-up's
+    assert 0 <= along["nerfcodec-l1e-05-j2"]["train_s"] <= along["nerfcodec-l1e-05"]["train_s"]
+    assert along["nerfcodec-l1e-05-j2"]["warmup_s"] == along["nerfcodec-l1e-05"]["warmup_s"] >= 0
     short = bench(tmp_path / "short", "--joint-steps", "2")
     assert Path(short["nerfcodec-l1e-05"]["file"]).read_bytes() == Path(along["nerfcodec-l1e-05-j2"]["file"]).read_bytes()
     assert short["nerfcodec-l1e-05"]["psnr"] == along["nerfcodec-l1e-05-j2"]["psnr"]
