@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +276,25 @@ def test_run_steps_prints_progress_lines_into_a_log(monkeypatch, capsys):
     assert [ln.split()[0] for ln in lines] == ["1/60", "51/60", "60/60"]
     assert "train_psnr 21.5" in lines[1]
     assert all(re.search(r"\(\d+ s\)$", ln) for ln in lines), "a progress line was wrapped"
+
+
+def test_joint_steps_report_reads_the_segment_times_of_a_bench_log(monkeypatch, capsys):
+    """benchmarks/joint_steps_report.py takes each scored point's training time from the bench log's
+    progress lines: the format `_run_steps` prints must stay the one it parses."""
+    import importlib.util
+
+    from types import SimpleNamespace
+
+    from nerfcodec_ns.bench import bench
+
+    spec = importlib.util.spec_from_file_location("joint_steps_report", REPO / "benchmarks" / "joint_steps_report.py")
+    report = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, report)  # its dataclass looks itself up there
+    spec.loader.exec_module(report)
+    monkeypatch.setattr(bench, "train_step", lambda trainer, step: (0.0, {}, {"psnr": 20.0}))
+    trainer = SimpleNamespace(pipeline=SimpleNamespace(model=SimpleNamespace()))
+    bench._run_steps(trainer, range(0, 3), "codec warm-up")
+    bench._run_steps(trainer, range(3, 63), "nerfcodec-l1e-05 (to 60 joint steps)")
+    bench._run_steps(trainer, range(63, 103), "nerfcodec-l1e-05")
+    seconds = report.segment_seconds(capsys.readouterr().out, "nerfcodec-l1e-05")
+    assert sorted(seconds) == [60, 100] and 0 <= seconds[60] <= seconds[100]
