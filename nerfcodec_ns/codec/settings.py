@@ -43,7 +43,7 @@ class CodecConfig:
     """Add learnable per-axis feature-compensation vectors to the decoded planes."""
     head_bits: int = 8
     """Bits of the decoder head's weights (symmetric, per output channel), 2..8."""
-    vector_bits: int = 8
+    vector_bits: int = 6
     """Bits of the compensation vectors (symmetric, per axis and channel), 2..8."""
     clip_sigmas: float = 4.0
     """Normalisation range per plane and channel: 0 = min..max (the reference); k > 0 = mean -/+ k
