@@ -1,7 +1,8 @@
 """Probe: what fewer bits for the compensation vectors would save and cost, on a decoded scene file.
 
 The scene file stores each level's compensation vectors (``vectors.<level>``, ``[3 axes, C, R]``) as
-8-bit integers with a float32 scale per axis and channel, LZMA-packed. This decodes a file, renders it
+``vector_bits``-bit integers (the header records the width) with a float32 scale per axis and channel,
+LZMA-packed. This decodes a file, renders it
 on evenly spaced val images, then re-quantizes the decoded vectors to fewer bits (per axis and
 channel, as ``PlaneCodec`` does) WITHOUT retraining, swaps the rank-1 correction they add to every
 decoded plane, renders again, and reports the PSNR change and the section bytes as the exporter would
@@ -42,7 +43,6 @@ def main(args: Args) -> None:
     from nerfstudio.data.datasets.base_dataset import InputDataset
 
     from nerfcodec_ns.bench.bench import eval_indices, evaluate
-    from nerfcodec_ns.codec.quant import quantize_int
     from nerfcodec_ns.scenefile.container import read_file
     from nerfcodec_ns.scenefile.decode import _codec_for, build_model, decode_bitstream
     from nerfcodec_ns.scenefile.export import _arrays
@@ -57,14 +57,11 @@ def main(args: Args) -> None:
     scene = decode_bitstream(bs)
     codec = _codec_for(bs, None)
     sent = [codec.compensation(level).detach() for level in range(len(scene.planes))]  # what the decoder added
-    originals = [v.detach().clone() for v in codec.vectors]
 
     def section_bytes(bits: int) -> int:
-        total = 0
-        for v in originals:
-            ints, scale = quantize_int(v, bits, dims=(2,))
-            total += len(pack_smallest(_arrays(ints, scale)))  # as export.py writes the section
-        return total
+        """The vector sections as export.py writes them (``quantize_vectors``, then LZMA) at ``bits``."""
+        codec.config.vector_bits = bits
+        return sum(len(pack_smallest(_arrays(*codec.quantize_vectors(level)))) for level in range(len(codec.vectors)))
 
     def score(bits: int) -> float:
         codec.config.vector_bits = bits
@@ -75,12 +72,12 @@ def main(args: Args) -> None:
 
     stored = bs.header.codec.vector_bits
     base = score(stored)
-    base_bytes = sum(len(bs.section(f"vectors.{level}")) for level in range(len(originals)))
+    base_bytes = sum(len(bs.section(f"vectors.{level}")) for level in range(len(codec.vectors)))
     rows = [{"vector_bits": stored, "psnr": base, "section_bytes": base_bytes, "note": "as stored"}]
     for bits in args.bits:
-        psnr = score(bits)
+        psnr, size = score(bits), section_bytes(bits)
         rows.append({"vector_bits": bits, "psnr": psnr, "psnr_change": round(psnr - base, 4),
-                     "section_bytes": section_bytes(bits), "bytes_saved": base_bytes - section_bytes(bits)})
+                     "section_bytes": size, "bytes_saved": base_bytes - size})
         print(rows[-1], flush=True)
     out = {"command": "python benchmarks/vector_bits_probe.py " + " ".join(sys.argv[1:]), "scene": str(args.scene),
            "file_bytes": args.scene.stat().st_size, "eval_images": len(indices), "rows": rows}
